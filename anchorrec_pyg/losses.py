@@ -1,0 +1,233 @@
+r"""Training objectives (SPEC §4, §7, §9) as :class:`torch.nn.Module` objects.
+
+Each module computes one *unweighted* term; the model multiplies it by its configured weight
+(so the weights live in the model's ``Config``) and reports the weighted term for logging.
+Constants that belong to a term's definition (the margin, the temperature, AMP's per-modality
+weights) are constructor arguments with the published defaults.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    'BPRLoss',
+    'EmbeddingL2Loss',
+    'EmbLoss',
+    'CosineMarginLoss',
+    'InfoNCE',
+    'AALLoss',
+    'SimilarityPreservationLoss',
+    'AMPLoss',
+    'GraphSmoothnessLoss',
+    'cosine_similarity_matrix',
+]
+
+
+class BPRLoss(torch.nn.Module):
+    r"""Bayesian personalised ranking (SPEC §4, §9)
+
+    .. math::
+        \mathcal{L}_{BPR} = -\frac{1}{B}\sum_{k=1}^{B}
+        \log\sigma(\hat{y}_{u_k p_k} - \hat{y}_{u_k n_k}),
+
+    computed with :func:`~torch.nn.functional.logsigmoid` (no epsilon inside the log).
+    """
+
+    def forward(self, pos_score: Tensor, neg_score: Tensor) -> Tensor:
+        return -F.logsigmoid(pos_score - neg_score).mean()
+
+
+class EmbeddingL2Loss(torch.nn.Module):
+    r"""Squared L2 penalty on the batch's embeddings, divided by the batch size (SPEC §4)
+
+    .. math::
+        \mathcal{L}_{L2} = \frac{1}{2B}\left(\|\mathbf{u}\|^2 + \|\mathbf{p}\|^2
+        + \|\mathbf{n}\|^2\right),
+
+    the squared norms summed over the batch rows. SPEC divides by the *configured* batch size B,
+    also for the last, smaller batch of an epoch, hence the explicit ``batch_size`` argument.
+    """
+
+    def forward(self, *embeddings: Tensor, batch_size: int) -> Tensor:
+        if batch_size <= 0:
+            raise ValueError(f'batch_size must be > 0, got {batch_size}')
+        total = sum(emb.pow(2).sum() for emb in embeddings)
+        return 0.5 * total / batch_size
+
+
+class EmbLoss(torch.nn.Module):
+    r"""MMRec's ``EmbLoss`` (SPEC §9): Frobenius norms, *not* squared, over the last table's rows
+
+    .. math::
+        \mathcal{L}_{emb}(\mathbf{X}_1, \dots, \mathbf{X}_k) =
+        \frac{1}{\mathrm{rows}(\mathbf{X}_k)}\sum_{j=1}^{k}\|\mathbf{X}_j\|_F.
+    """
+
+    def forward(self, *embeddings: Tensor) -> Tensor:
+        if not embeddings:
+            raise ValueError('EmbLoss needs at least one tensor')
+        total = sum(torch.linalg.matrix_norm(emb) for emb in embeddings)
+        return total / embeddings[-1].size(0)
+
+
+class CosineMarginLoss(torch.nn.Module):
+    r"""User-item cosine margin (SPEC §4)
+
+    .. math::
+        \mathcal{L}_{CM} = \frac{1}{B}\sum_{k}\mathrm{relu}\big(m + (1 - \cos(\mathbf{u}'_k,
+        \mathbf{p}_k)) - (1 - \cos(\mathbf{u}'_k, \mathbf{n}_k))\big),
+
+    with :math:`\mathbf{u}' = \mathrm{sg}(\mathbf{u})` (stop-gradient) when ``detach_user``.
+
+    Args:
+        margin: :math:`m` (published: 0.2).
+        detach_user: whether the user side is detached (published: ``True``).
+    """
+
+    def __init__(self, margin: float = 0.2, detach_user: bool = True) -> None:
+        super().__init__()
+        self.margin = margin
+        self.detach_user = detach_user
+
+    def forward(self, user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        anchor = user.detach() if self.detach_user else user
+        pos_dist = 1.0 - F.cosine_similarity(anchor, pos, dim=-1)
+        neg_dist = 1.0 - F.cosine_similarity(anchor, neg, dim=-1)
+        return F.relu(self.margin + pos_dist - neg_dist).mean()
+
+    def extra_repr(self) -> str:
+        return f'margin={self.margin}, detach_user={self.detach_user}'
+
+
+class InfoNCE(torch.nn.Module):
+    r"""In-batch InfoNCE between two views (SPEC §4)
+
+    .. math::
+        \mathrm{InfoNCE}(\mathbf{a}, \mathbf{b}) = -\frac{1}{n}\sum_{k=1}^{n}\log
+        \frac{\exp(\langle\bar{\mathbf{a}}_k, \bar{\mathbf{b}}_k\rangle / \tau)}
+        {\sum_{l=1}^{n}\exp(\langle\bar{\mathbf{a}}_k, \bar{\mathbf{b}}_l\rangle / \tau)},
+
+    with :math:`\bar{\cdot}` the L2-normalised rows; the negatives of row ``k`` are all rows of
+    ``b`` in the batch (duplicates included). Computed as a cross-entropy over the logits (the
+    log-sum-exp form, numerically stable for small :math:`\tau`).
+
+    Args:
+        tau: the temperature :math:`\tau > 0`.
+    """
+
+    def __init__(self, tau: float) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f'tau must be > 0, got {tau}')
+        self.tau = tau
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if a.shape != b.shape:
+            raise ValueError(f'InfoNCE views must have the same shape, got {list(a.shape)} '
+                             f'and {list(b.shape)}')
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / self.tau
+        target = torch.arange(a.size(0), device=a.device)
+        return F.cross_entropy(logits, target)
+
+    def extra_repr(self) -> str:
+        return f'tau={self.tau}'
+
+
+class AALLoss(torch.nn.Module):
+    r"""Anchor-aligned learning (SPEC §4)
+
+    .. math::
+        \mathcal{L}_{AAL} = \mathrm{InfoNCE}(\mathbf{h}_{mm}, \mathbf{h}_{id})
+        + \mathrm{InfoNCE}(\mathrm{sg}(\mathbf{h}_{mm}), \mathbf{h}_{mix}),
+
+    the multimodal anchor :math:`\mathbf{h}_{mm}` pulled towards the ID view while the modality
+    mixture :math:`\mathbf{h}_{mix}` is pulled towards the (stopped) anchor: no gradient of the
+    second term reaches the anchor.
+
+    Args:
+        tau: the InfoNCE temperature.
+    """
+
+    def __init__(self, tau: float) -> None:
+        super().__init__()
+        self.info_nce = InfoNCE(tau)
+
+    def forward(self, h_mm: Tensor, h_id: Tensor, h_mix: Tensor) -> Tensor:
+        return self.info_nce(h_mm, h_id) + self.info_nce(h_mm.detach(), h_mix)
+
+
+def cosine_similarity_matrix(x: Tensor, eps: float = 1e-12) -> Tensor:
+    r"""Pairwise cosine similarities :math:`\bar{\mathbf{X}}\bar{\mathbf{X}}^\top` of the rows of
+    ``x`` (a zero row has similarity 0 to every row)."""
+    x = F.normalize(x, dim=-1, eps=eps)
+    return x @ x.t()
+
+
+class SimilarityPreservationLoss(torch.nn.Module):
+    r"""Similarity preservation (AMP's ``sim``, SPEC §4; AlignRec's similarity term, SPEC §7)
+
+    .. math::
+        \mathrm{sim}(\mathbf{E}, \mathbf{S}) = \frac{1}{n}\|\mathbf{E}\mathbf{E}^\top
+        - \mathbf{S}\|_F,
+
+    the Frobenius norm, *not* squared, of the difference between the Gram matrix of the (not
+    normalised) embedding rows and a target similarity matrix, divided by the number of rows
+    ``n`` (duplicates kept). ``S`` is a constant target (detached).
+    """
+
+    def forward(self, embedding: Tensor, target: Tensor) -> Tensor:
+        n = embedding.size(0)
+        if target.shape != (n, n):
+            raise ValueError(f'target must be [{n}, {n}], got {list(target.shape)}')
+        return torch.linalg.matrix_norm(embedding @ embedding.t() - target.detach()) / n
+
+
+class AMPLoss(torch.nn.Module):
+    r"""Anchor-modality preservation (SPEC §4)
+
+    .. math::
+        \mathcal{L}_{AMP} = \sum_{m} \alpha_m\,\mathrm{sim}(\mathbf{H}_m, \mathbf{S}_m),
+        \qquad \alpha_{mm} = 1,\ \alpha_{text} = 0.03,\ \alpha_{image} = 0.01,
+
+    with :class:`SimilarityPreservationLoss` ``sim`` on each modality's view rows and the cosine
+    similarities of the matching raw feature rows.
+
+    Args:
+        weights: :math:`\alpha_m` by modality name (published: mm 1, text 0.03, image 0.01).
+    """
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.weights = dict(weights if weights is not None else {
+            'mm': 1.0,
+            'text': 0.03,
+            'image': 0.01
+        })
+        self.sim = SimilarityPreservationLoss()
+
+    def forward(self, embeddings: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        missing = [m for m in self.weights if m not in embeddings or m not in targets]
+        if missing:
+            raise ValueError(f'AMPLoss needs embeddings and targets for {missing}')
+        terms = [w * self.sim(embeddings[m], targets[m]) for m, w in self.weights.items()]
+        return torch.stack(terms).sum()
+
+    def extra_repr(self) -> str:
+        return f'weights={self.weights}'
+
+
+class GraphSmoothnessLoss(torch.nn.Module):
+    r"""Graph smoothness of node embeddings over a weighted graph (SPEC §4)
+
+    .. math::
+        \mathcal{L}_{smooth} = \frac{1}{|\mathcal{E}|}\sum_{(j \rightarrow i, w)\in\mathcal{E}}
+        w\,\|\mathbf{x}_i - \mathbf{x}_j\|^2.
+    """
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        diff = x[edge_index[1]] - x[edge_index[0]]
+        return (edge_weight.to(x.dtype) * diff.pow(2).sum(dim=-1)).mean()

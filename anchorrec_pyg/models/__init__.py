@@ -1,0 +1,29 @@
+"""Recommenders of the package (Contract 2) and their registry."""
+from anchorrec_pyg.models.anchorrec import AnchorRec
+from anchorrec_pyg.models.base import (
+    MODALITIES,
+    ModelConfig,
+    RecModel,
+    RecOutput,
+    UserItemGraph,
+    node_ids,
+    node_rows,
+    require_item_features,
+)
+from anchorrec_pyg.models.lightgcn import LightGCN
+from anchorrec_pyg.models.registry import MODELS, get_model_class
+
+__all__ = [
+    'MODALITIES',
+    'ModelConfig',
+    'RecModel',
+    'RecOutput',
+    'UserItemGraph',
+    'node_ids',
+    'node_rows',
+    'require_item_features',
+    'AnchorRec',
+    'LightGCN',
+    'MODELS',
+    'get_model_class',
+]

@@ -1,0 +1,323 @@
+r"""AnchorRec: anchored alignment for multimodal recommendation (SPEC §2-§4).
+
+The model composes the package's building blocks, one per paper component:
+
+* collaborative view :math:`\mathbf{C}`: :class:`~anchorrec_pyg.nn.LightGCNEncoder` on the
+  user-item graph (``n_ui_layers`` layers, layer mean);
+* modality views :math:`\mathbf{H}_m` for :math:`m \in \{mm, text, image\}`:
+  :class:`~anchorrec_pyg.nn.ModalityConv` (gated item view, ``n_layers`` kNN steps, users
+  :math:`\mathbf{R}\mathbf{H}_m`);
+* projection domain and anchor correction: :class:`~anchorrec_pyg.nn.ProjectionDomain`;
+* fusion (SPEC §3.4)
+
+  .. math::
+      \mathbf{Z} = \mathbf{C} + [\mathbf{R}\mathbf{H}_{mm}; \mathbf{H}_{mm}]
+      + [\mathbf{R}\mathbf{H}_{text}; \mathbf{H}_{text}]
+      \;(+ [\mathbf{R}\mathbf{H}_{image}; \mathbf{H}_{image}]
+      \text{ with } \texttt{fuse\_image\_view}),
+
+  :math:`\mathbf{Z}_u = \mathbf{Z}_{:U}`, :math:`\mathbf{Z}_i = \mathbf{Z}_{U:} + \beta
+  D_{mm}(W_{mm}(\mathbf{H}_{mm}))`;
+* the loss of SPEC §4 from :mod:`anchorrec_pyg.losses`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.losses import (
+    AALLoss,
+    AMPLoss,
+    BPRLoss,
+    CosineMarginLoss,
+    EmbeddingL2Loss,
+    GraphSmoothnessLoss,
+)
+from anchorrec_pyg.models.base import (
+    MODALITIES,
+    ModelConfig,
+    RecModel,
+    RecOutput,
+    node_rows,
+    require_item_features,
+)
+from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
+from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
+from anchorrec_pyg.nn.projection import ProjectionDomain
+from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+
+__all__ = ['AnchorRec']
+
+LOSS_TERMS = ('bpr', 'reg', 'cm', 'aal', 'amp', 'smooth')
+
+
+class AnchorRec(RecModel):
+    r"""AnchorRec (SPEC §2-§4) on the ``HeteroData`` of Contract 1.
+
+    Parameters: ID tables ``Eu``, ``Ei`` (Xavier-uniform), trainable copies of the three raw
+    feature tables (``features``; frozen with ``freeze_features``), one
+    :class:`~anchorrec_pyg.nn.ModalityConv` per modality (``P_m``, ``G_m``) and the
+    :class:`~anchorrec_pyg.nn.ProjectionDomain` heads.
+
+    ``forward`` returns the final embeddings and the views ``'C'`` (``[U+I, d]``), ``'H_mm'``,
+    ``'H_text'``, ``'H_image'`` (items, ``[I, d]``), ``'H_mm_user'``, ``'H_text_user'``,
+    ``'H_image_user'`` (:math:`\mathbf{R}\mathbf{H}_m`, ``[U, d]``), ``'h_mm'`` (the projected
+    anchor :math:`W_{mm}(\mathbf{H}_{mm})`) and ``'c'`` (the anchor correction). The other
+    projection-domain views are computed on demand by :meth:`project` (only the rows asked for).
+
+    ``loss`` returns the total of SPEC §4 and its weighted terms ``bpr``, ``reg``, ``cm``,
+    ``aal``, ``amp``, ``smooth``; a term whose weight is 0 is not computed (reported as 0).
+    The raw feature rows used by AAL's mixture and AMP's targets are read from ``data``
+    (the files), not from the trainable copies.
+    """
+
+    description = ('AnchorRec: LightGCN ID view plus gated mm/text/image kNN views, aligned '
+                   'through a multimodal anchor in a projection domain (AAL + AMP)')
+
+    @dataclass
+    class Config(ModelConfig):
+        """AnchorRec hyper-parameters and constants (defaults: the published implementation).
+
+        Attributes:
+            embedding_dim: d (published 64).
+            n_ui_layers: LightGCN layers on the user-item graph (published 2).
+            n_layers: kNN propagation steps of the modality views (grid {1, 2, 3}).
+            lambda_reg: weight of the embedding L2 term (published ``lambda_weight``, grid
+                {0.001, 0.01, 0.1}).
+            aal_weight: lambda_1, weight of AAL (grid {0, 1e-4, 1e-3, 1e-2, 0.1, 1}).
+            amp_weight: lambda_2, weight of AMP (same grid).
+            tau: InfoNCE temperature of AAL (grid {0.05, 0.1, 0.25, 0.5, 1}).
+            cm_enabled: use the user-item cosine margin term (published on).
+            cm_weight: its weight (published 0.01).
+            cm_margin: its margin (published 0.2).
+            mix_image: weight of ``Wv(image)`` in the AAL mixture (published 0.25).
+            mix_text: weight of ``Wt(text)`` in the AAL mixture (published 0.75).
+            amp_mm: AMP weight of the mm view's similarity term (published 1).
+            amp_text: AMP weight of the text view's term (published 0.03).
+            amp_image: AMP weight of the image view's term (published 0.01).
+            smooth_weight: weight of the mm kNN graph smoothness (published 0.1).
+            recover_lambda: beta, weight of the anchor correction in the items (published
+                0.0005).
+            freeze_features: keep the feature tables fixed, as the paper states (published code
+                trains them: ``False``).
+            fuse_image_view: add the image view to the final embeddings, as the paper states
+                (published code leaves it out: ``False``).
+            feature_layernorm: LayerNorm on each feature table before its projection (published
+                ``use_ln``, off).
+            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
+            similarity_cache_mb: memory per modality (MiB) up to which the full ``I x I`` raw
+                cosine-similarity matrix behind AMP's targets is computed once and cached
+                instead of per batch (speed only: the targets are the same; 0 disables).
+        """
+
+        embedding_dim: int = 64
+        n_ui_layers: int = 2
+        n_layers: int = 1
+        lambda_reg: float = 0.001
+        aal_weight: float = 0.01
+        amp_weight: float = 0.01
+        tau: float = 0.25
+        cm_enabled: bool = True
+        cm_weight: float = 0.01
+        cm_margin: float = 0.2
+        mix_image: float = 0.25
+        mix_text: float = 0.75
+        amp_mm: float = 1.0
+        amp_text: float = 0.03
+        amp_image: float = 0.01
+        smooth_weight: float = 0.1
+        recover_lambda: float = 0.0005
+        freeze_features: bool = False
+        fuse_image_view: bool = False
+        feature_layernorm: bool = False
+        propagation: str = 'pyg'
+        similarity_cache_mb: float = 256.0
+
+        def validate(self) -> None:
+            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
+            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
+            self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
+            self.require(self.tau > 0, 'tau', 'must be > 0')
+            for key in ('lambda_reg', 'aal_weight', 'amp_weight', 'cm_weight', 'mix_image',
+                        'mix_text', 'amp_mm', 'amp_text', 'amp_image', 'smooth_weight',
+                        'recover_lambda', 'similarity_cache_mb'):
+                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require(self.propagation in BACKENDS, 'propagation',
+                         f"must be one of {', '.join(sorted(BACKENDS))}")
+
+    @classmethod
+    def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
+        return MODALITIES
+
+    def __init__(self, data: HeteroData, config: AnchorRec.Config | None = None) -> None:
+        super().__init__(data, config if config is not None else self.Config())
+        cfg = self.config
+        for m in MODALITIES:
+            if ('item', f'similar_{m}', 'item') not in data.edge_types:
+                raise DataError(f"AnchorRec needs the ('item', 'similar_{m}', 'item') kNN edges; "
+                                'the dataset has none')
+        d = cfg.embedding_dim
+        self.propagation = get_backend(cfg.propagation)
+        self.user_embedding = torch.nn.Embedding(self.num_users, d)
+        self.item_embedding = torch.nn.Embedding(self.num_items, d)
+        self.features = torch.nn.ParameterDict({
+            m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float(),
+                                  requires_grad=not cfg.freeze_features)
+            for m in MODALITIES
+        })
+        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
+        self.modality_convs = torch.nn.ModuleDict({
+            m: ModalityConv(self.features[m].size(1), d, cfg.n_layers, cfg.feature_layernorm)
+            for m in MODALITIES
+        })
+        self.projection = ProjectionDomain(d, self.features['text'].size(1),
+                                           self.features['image'].size(1), cfg.mix_text,
+                                           cfg.mix_image)
+        self.bpr = BPRLoss()
+        self.l2 = EmbeddingL2Loss()
+        self.cosine_margin = CosineMarginLoss(cfg.cm_margin)
+        self.aal = AALLoss(cfg.tau)
+        self.amp = AMPLoss({'mm': cfg.amp_mm, 'text': cfg.amp_text, 'image': cfg.amp_image})
+        self.smoothness = GraphSmoothnessLoss()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        for conv in self.modality_convs.values():
+            conv.reset_parameters()
+        self.projection.reset_parameters()
+
+    @property
+    def fused_modalities(self) -> tuple[str, ...]:
+        """The modality views added to the final embeddings (SPEC §3.4)."""
+        return MODALITIES if self.config.fuse_image_view else ('mm', 'text')
+
+    def forward(self, data: HeteroData) -> RecOutput:
+        cfg = self.config
+        graph = self.user_item_graph(data, self.propagation)
+        user_emb = node_rows(self.user_embedding.weight, data, 'user')
+        item_emb = node_rows(self.item_embedding.weight, data, 'item')
+        num_users = user_emb.size(0)
+
+        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
+
+        gated = [
+            self.modality_convs[m].gated(item_emb, node_rows(self.features[m], data, 'item'))
+            for m in MODALITIES
+        ]
+        item_adjs = [self.item_graph(data, m, self.propagation) for m in MODALITIES]
+        items, users = propagate_item_views(gated, item_adjs, graph.user_item, cfg.n_layers)
+        h_items = dict(zip(MODALITIES, items))
+        h_users = dict(zip(MODALITIES, users))
+
+        anchor = self.projection.project_anchor(h_items['mm'])
+        correction = self.projection.anchor_correction(anchor)
+
+        z_user = c[:num_users] + sum(h_users[m] for m in self.fused_modalities)
+        z_item = (c[num_users:] + sum(h_items[m] for m in self.fused_modalities) +
+                  cfg.recover_lambda * correction)
+
+        views = {'C': c}
+        views.update({f'H_{m}': h_items[m] for m in MODALITIES})
+        views.update({f'H_{m}_user': h_users[m] for m in MODALITIES})
+        views['h_mm'] = anchor
+        views['c'] = correction
+        return RecOutput(user=z_user, item=z_item, views=views)
+
+    def project(self, data: HeteroData, out: RecOutput,
+                items: Tensor | None = None) -> dict[str, Tensor]:
+        r"""Projection-domain views of ``items`` (all items when ``None``), for the analyses.
+
+        Returns ``'h_id'`` (:math:`W_{id}(\mathbf{C}_{items})`), ``'h_mm'``
+        (:math:`W_{mm}(\mathbf{H}_{mm})`), ``'h_text'`` (:math:`W_t` of the raw text rows),
+        ``'h_image'`` (:math:`W_v` of the raw image rows) and ``'h_mix'`` (their AAL mixture).
+        """
+        num_users = out.user.size(0)
+        c_items = out.views['C'][num_users:]
+        anchor = out.views['h_mm']
+        text, image = data['item'].x_text, data['item'].x_image
+        inverse = None
+        if items is not None:
+            # each distinct item is projected once; duplicates are gathered afterwards
+            items, inverse = torch.unique(items, return_inverse=True)
+            c_items, anchor, text, image = c_items[items], anchor[items], text[items], image[items]
+        h_text = self.projection.project_text(text.to(c_items.dtype))
+        h_image = self.projection.project_image(image.to(c_items.dtype))
+        views = {
+            'h_id': self.projection.project_id(c_items),
+            'h_mm': anchor,
+            'h_text': h_text,
+            'h_image': h_image,
+            'h_mix': self.projection.mix_image * h_image + self.projection.mix_text * h_text,
+        }
+        if inverse is not None:
+            views = {key: value[inverse] for key, value in views.items()}
+        return views
+
+    def loss(
+        self,
+        data: HeteroData,
+        out: RecOutput,
+        users: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""SPEC §4: :math:`\mathcal{L}_{BPR} + \lambda_{reg}\mathcal{L}_{L2}
+        + w_{cm}\mathcal{L}_{CM} + \lambda_1\mathcal{L}_{AAL} + \lambda_2\mathcal{L}_{AMP}
+        + w_{s}\mathcal{L}_{smooth}`.
+
+        ``users``, ``pos``, ``neg`` index the rows of ``out.user`` / ``out.item``;
+        ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
+        """
+        cfg = self.config
+        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        zero = out.user.new_zeros(())
+        terms = dict.fromkeys(LOSS_TERMS, zero)
+
+        terms['bpr'] = self.bpr((u * p).sum(-1), (u * n).sum(-1))
+        terms['reg'] = cfg.lambda_reg * self.l2(
+            u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
+        if cfg.cm_enabled and cfg.cm_weight > 0:
+            terms['cm'] = cfg.cm_weight * self.cosine_margin(u, p, n)
+        if cfg.aal_weight > 0:
+            projected = self.project(data, out, pos)
+            terms['aal'] = cfg.aal_weight * self.aal(projected['h_mm'], projected['h_id'],
+                                                     projected['h_mix'])
+        if cfg.amp_weight > 0:
+            embeddings = {m: out.views[f'H_{m}'][pos] for m in MODALITIES}
+            targets = {m: self._raw_similarity(data, m, pos).to(out.item.dtype) for m in MODALITIES}
+            terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
+        if cfg.smooth_weight > 0:
+            knn = data['item', 'similar_mm', 'item']
+            terms['smooth'] = cfg.smooth_weight * self.smoothness(out.views['H_mm'],
+                                                                  knn.edge_index,
+                                                                  knn.edge_weight)
+        total = torch.stack(list(terms.values())).sum()
+        return total, {key: value.detach() for key, value in terms.items()}
+
+    def _raw_similarity(self, data: HeteroData, modality: str, items: Tensor) -> Tensor:
+        """Cosine similarities of the raw feature rows ``items`` (AMP's target ``S``).
+
+        The normalised feature table is computed once per data tensor. When the full ``I x I``
+        similarity matrix fits ``similarity_cache_mb`` it is computed once too and the batch
+        block is gathered from it; otherwise the block is computed from the distinct rows.
+        """
+        require_item_features(data, (modality, ), type(self).__name__)
+        table = data['item'][f'x_{modality}']
+        unit = self.graph_cache.get(f'unit_{modality}', (table, ),
+                                    lambda: F.normalize(table.detach(), dim=-1))
+        full_bytes = unit.size(0)**2 * unit.element_size()
+        if full_bytes <= self.config.similarity_cache_mb * 2**20:
+            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
+                                        lambda: unit @ unit.t())
+            return full[items[:, None], items[None, :]]
+        distinct, inverse = torch.unique(items, return_inverse=True)
+        rows = unit[distinct]
+        return (rows @ rows.t())[inverse[:, None], inverse[None, :]]

@@ -1,0 +1,30 @@
+"""The model registry: ``model.name`` in a config -> :class:`~anchorrec_pyg.models.base.RecModel`.
+
+A model becomes available to the config, the trainer and the command line by one line in
+:data:`MODELS`; ``anchorrec-pyg`` lists the names with each class's one-line ``description``.
+"""
+from __future__ import annotations
+
+from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.models.anchorrec import AnchorRec
+from anchorrec_pyg.models.base import RecModel
+from anchorrec_pyg.models.lightgcn import LightGCN
+
+__all__ = ['MODELS', 'get_model_class']
+
+MODELS: dict[str, type[RecModel]] = {
+    'anchorrec': AnchorRec,
+    'lightgcn': LightGCN,
+}
+
+
+def get_model_class(name: str) -> type[RecModel]:
+    """Returns the model class registered as ``name`` (case-insensitive).
+
+    Raises:
+        ConfigError: naming ``model.name`` and the valid names if ``name`` is unknown.
+    """
+    cls = MODELS.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"model.name must be one of {', '.join(sorted(MODELS))}, got {name!r}")
+    return cls

@@ -1,0 +1,44 @@
+"""Graph building blocks of AnchorRec: propagation backends, LightGCN, modality convolutions and
+the projection domain."""
+from anchorrec_pyg.nn.lightgcn import (
+    LightGCNConv,
+    LightGCNEncoder,
+    user_item_adjacency,
+    user_item_edges,
+)
+from anchorrec_pyg.nn.modality_conv import ModalityConv, ModalityGate, propagate_item_views
+from anchorrec_pyg.nn.projection import ProjectionDomain, ProjectionHead
+from anchorrec_pyg.nn.propagation import (
+    BACKENDS,
+    Adjacency,
+    PropagationBackend,
+    PyGBackend,
+    TensorCache,
+    TorchCSRBackend,
+    WeightedAggregation,
+    get_backend,
+    propagate_many,
+    register_backend,
+)
+
+__all__ = [
+    'Adjacency',
+    'PropagationBackend',
+    'PyGBackend',
+    'TorchCSRBackend',
+    'WeightedAggregation',
+    'BACKENDS',
+    'register_backend',
+    'get_backend',
+    'propagate_many',
+    'TensorCache',
+    'LightGCNConv',
+    'LightGCNEncoder',
+    'user_item_edges',
+    'user_item_adjacency',
+    'ModalityGate',
+    'ModalityConv',
+    'propagate_item_views',
+    'ProjectionHead',
+    'ProjectionDomain',
+]
