@@ -1,0 +1,92 @@
+r"""Safe, atomic checkpoints.
+
+A checkpoint is a ``dict`` holding only tensors and Python primitives (model, optimizer and
+scheduler state dicts, the epoch, the best-so-far record, the RNG states as ``uint8`` tensors and
+the resolved configuration as plain YAML types), so that it loads with
+``torch.load(..., weights_only=True)``: a file holding any other Python object (a pickle with a
+``__reduce__`` payload, for instance) is refused with
+:class:`~anchorrec_pyg.errors.CheckpointError` before any of its code can run.
+
+Writes go to a temporary file in the same folder, which then atomically replaces the target
+(:func:`os.replace`), so a run killed mid-write leaves the previous checkpoint intact.
+"""
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+from anchorrec_pyg.errors import CheckpointError
+
+FORMAT = 'anchorrec-pyg/checkpoint'
+VERSION = 1
+REQUIRED_KEYS = ('format', 'version', 'config', 'model', 'epoch', 'finished')
+
+
+def atomic_write(path: Union[str, os.PathLike], write: Any) -> None:
+    r"""Calls :obj:`write(file)` on a temporary file next to :obj:`path`, then moves it into
+    place with :func:`os.replace` (atomic on POSIX and Windows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    r"""Writes :obj:`text` (UTF-8) to :obj:`path` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
+    r"""Writes :obj:`state` (tensors and primitives only) atomically, tagged with the format
+    name and version."""
+    payload = {'format': FORMAT, 'version': VERSION, **state}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _reason(error: Exception) -> str:
+    r"""The informative line of a (often multi-paragraph) torch loading error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(('Unsupported', 'Trying to load')):
+            return line[:200]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    r"""Loads a checkpoint with ``weights_only=True`` onto the CPU.
+
+    Raises:
+        CheckpointError: If the file is missing, unreadable, holds anything but tensors and
+            primitives (refused without running it), or is not an anchorrec-pyg checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f'{path}: refused to load: not a file of tensors and primitives '
+                              f'only ({_reason(e)})') from None
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a corrupt file)
+        raise CheckpointError(f'{path}: not a readable checkpoint ({_reason(e)})') from None
+    if not isinstance(state, dict) or state.get('format') != FORMAT:
+        raise CheckpointError(f'{path}: not an anchorrec-pyg checkpoint')
+    if state.get('version') != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r} is not "
+                              f'supported (expected {VERSION})')
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f'{path}: checkpoint lacks the key {missing[0]!r}')
+    return state

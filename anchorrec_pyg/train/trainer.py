@@ -1,0 +1,343 @@
+r"""One training run (SPEC §4-§5): Adam with MMRec's learning-rate decay, validation every
+``eval_every`` epochs, early stopping, the best epoch's weights kept, and test metrics computed
+once, with those weights, at the end.
+
+The learning rate of epoch :math:`e` (0-based) is
+:math:`\mathrm{lr} \cdot \mathrm{lr\_decay}^{\,e / \mathrm{lr\_decay\_every}}`
+(:class:`torch.optim.lr_scheduler.LambdaLR`, stepped after every epoch). An epoch draws a fresh
+permutation of the training interactions and fresh negatives
+(:class:`~anchorrec_pyg.train.sampler.TripletSampler`), then for every batch runs the full
+forward pass, the model's loss (with the configured :math:`B`, SPEC §4) and one Adam step.
+
+The trainer is model-agnostic: it needs only the :class:`~anchorrec_pyg.models.base.RecModel`
+contract, plus two optional hooks a model may define:
+
+* ``needs_negatives = False``: batches carry positive pairs only (``neg`` is :obj:`None`).
+* ``on_epoch_start(data, epoch, generator)``: called before each epoch with the run's
+  generator (e.g. to resample a pruned graph), so that the hook stays reproducible and resumable.
+
+Checkpoints (:mod:`anchorrec_pyg.train.checkpoint`) hold the model, optimizer, scheduler, the
+epoch, the best-so-far record and weights, the history and every RNG state, so a killed run
+resumed with ``resume=True`` reaches the same final metrics as an uninterrupted run on CPU.
+"""
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from torch_geometric.data import HeteroData
+
+from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
+from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
+from anchorrec_pyg.train.checkpoint import load_checkpoint, save_checkpoint
+from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
+from anchorrec_pyg.train.sampler import TripletSampler
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(AnchorRecError, FloatingPointError):
+    r"""A loss became NaN or infinite; the message names the epoch, the batch and the term."""
+
+
+@dataclass
+class TrainResult:
+    r"""The outcome of one run.
+
+    Attributes:
+        best_epoch: The epoch with the best validation ``eval.metric`` (1-based).
+        epochs_run: The number of epochs trained.
+        valid: Validation metrics at :obj:`best_epoch`.
+        test: Test metrics of the :obj:`best_epoch` weights.
+        stopped_early: Whether early stopping ended the run.
+        history: One record per epoch (``epoch``, ``lr``, ``loss``, each loss term,
+            ``train_time_s``, ``eval_time_s`` and ``valid_<metric>`` on evaluated epochs).
+    """
+    best_epoch: int
+    epochs_run: int
+    valid: Dict[str, float]
+    test: Dict[str, float]
+    stopped_early: bool
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    r"""``'auto'`` -> CUDA when available, else CPU; other names are checked for
+    availability."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available "
+                          f"(use 'cpu' or 'auto')")
+    if name == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError("train.device is 'mps' but MPS is not available (use 'cpu' or 'auto')")
+    return torch.device(name)
+
+
+def checkpoint_weights(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    r"""The weights a checkpoint offers for evaluation: the best validation epoch's (a finished
+    run stores only those; a partial run the best so far, or the latest before any
+    evaluation)."""
+    if state['finished'] or state.get('best_model') is None:
+        return state['model']
+    return state['best_model']
+
+
+def _first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            diff = _first_difference(a.get(key), b.get(key), f'{prefix}{key}.')
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else f'{prefix[:-1]}: {a!r} != {b!r}'
+
+
+class Trainer:
+    r"""Trains one model on one dataset with one seed.
+
+    Args:
+        model (RecModel): The model, already built (seeded) on :obj:`data`.
+        data (HeteroData): The dataset (Contract 1).
+        train (TrainConfig): Optimiser, schedule, stopping and device settings.
+        eval (EvalConfig): Cut-offs, selection metric and user batch size.
+        seed (int): Seeds the run's generator (shuffling, negatives, epoch hooks).
+        checkpoint_path (str or Path, optional): Where the resumable checkpoint is written;
+            :obj:`None` writes none.
+        run_config (dict, optional): The resolved configuration of this run, stored in the
+            checkpoint (to rebuild the model later) and compared on resume.
+        progress (bool, optional): Show progress bars. (default: :obj:`False`)
+        log_prefix (str, optional): Prepended to every log line (e.g. the run id).
+    """
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data: HeteroData,
+        train: TrainConfig,
+        eval: EvalConfig,
+        seed: int,
+        checkpoint_path: Union[str, os.PathLike, None] = None,
+        run_config: Optional[Dict[str, Any]] = None,
+        progress: bool = False,
+        log_prefix: str = '',
+    ) -> None:
+        self.train_cfg = train
+        self.eval_cfg = eval
+        self.seed = int(seed)
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.run_config = run_config or {}
+        self.progress = progress
+        self.log_prefix = f'[{log_prefix}] ' if log_prefix else ''
+
+        if train.num_threads is not None:
+            torch.set_num_threads(train.num_threads)
+        self.device = resolve_device(train.device)
+        self.model = model.to(self.device)
+        self.data = data.to(self.device)
+        self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
+        self.sampler = TripletSampler(
+            data[EDGE_TYPE].edge_index, int(data['item'].num_nodes), train.batch_size,
+            with_negatives=getattr(model, 'needs_negatives', True))
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        decay, every = train.lr_decay, train.lr_decay_every
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: decay**(epoch / every))
+
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_valid: Dict[str, float] = {}
+        self.best_weights: Optional[Dict[str, torch.Tensor]] = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.history: List[Dict[str, float]] = []
+
+    # Checkpoints #############################################################################
+
+    def _rng_state(self) -> Dict[str, Any]:
+        state = {'generator': self.generator.get_state(), 'torch': torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state['cuda'] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state['generator'])
+        torch.set_rng_state(state['torch'])
+        if 'cuda' in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda'])
+
+    def _save_checkpoint(self, result: Optional[TrainResult] = None) -> None:
+        r"""Writes the resumable state, or, with :obj:`result`, the finished run (best weights
+        and results only)."""
+        if self.checkpoint_path is None:
+            return
+        finished = result is not None
+        state = {
+            'config': self.run_config,
+            'seed': self.seed,
+            'epoch': self.epoch,
+            'finished': finished,
+            'history': self.history,
+            'best': {
+                'epoch': self.best_epoch,
+                'score': self.best_score,
+                'valid': self.best_valid,
+                'bad_evals': self.bad_evals,
+                'stopped_early': self.stopped_early,
+            },
+            'model': self.model.state_dict(),
+        }
+        if finished:
+            state['result'] = {k: v for k, v in asdict(result).items() if k != 'history'}
+        else:
+            state['best_model'] = self.best_weights
+            state['optimizer'] = self.optimizer.state_dict()
+            state['scheduler'] = self.scheduler.state_dict()
+            state['rng'] = self._rng_state()
+        save_checkpoint(self.checkpoint_path, state)
+
+    def _restore(self, state: Dict[str, Any]) -> Optional[TrainResult]:
+        r"""Restores a checkpoint; returns the result if the run had already finished."""
+        diff = _first_difference(run_identity(state['config']), run_identity(self.run_config))
+        if diff is not None:
+            raise CheckpointError(f'{self.checkpoint_path}: written for another configuration '
+                                  f'({diff}); resume with the same config or use another --out')
+        best = state['best']
+        self.epoch = state['epoch']
+        self.history = list(state['history'])
+        self.best_epoch, self.best_score = best['epoch'], best['score']
+        self.best_valid, self.bad_evals = dict(best['valid']), best['bad_evals']
+        self.stopped_early = best['stopped_early']
+        self.model.load_state_dict(state['model'])
+        if state['finished']:
+            return TrainResult(history=self.history, **state['result'])
+        self.best_weights = state['best_model']
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self._set_rng_state(state['rng'])
+        return None
+
+    # Training ################################################################################
+
+    def _train_epoch(self, epoch: int) -> Dict[str, float]:
+        from tqdm.auto import tqdm
+        model, data = self.model, self.data
+        if hasattr(model, 'on_epoch_start'):
+            model.on_epoch_start(data, epoch, self.generator)
+        model.train()
+        sums: Dict[str, torch.Tensor] = {}
+        num_batches = len(self.sampler)
+        batches = tqdm(self.sampler.epoch(self.generator), total=num_batches,
+                       desc=f'{self.log_prefix}epoch {epoch}', leave=False,
+                       disable=not self.progress)
+        for batch, (users, pos, neg) in enumerate(batches, start=1):
+            users, pos = users.to(self.device), pos.to(self.device)
+            neg = None if neg is None else neg.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model(data)
+            total, terms = model.loss(data, out, users, pos, neg,
+                                      batch_size=self.train_cfg.batch_size)
+            if not bool(torch.isfinite(total)):
+                value = float(total.detach())
+                bad = [f'{k}={float(v)}' for k, v in terms.items()
+                       if not math.isfinite(float(v))]
+                culprit = ', '.join(bad) if bad else f'total={value}'
+                raise NonFiniteLossError(
+                    f'non-finite loss at epoch {epoch}, batch {batch}/{num_batches}: {culprit} '
+                    f'(total={value}); lower train.lr or check the input features')
+            total.backward()
+            self.optimizer.step()
+            for key, value in {'loss': total.detach(), **terms}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach()
+        return {key: float(value) / num_batches for key, value in sums.items()}
+
+    def _log_epoch(self, record: Dict[str, float], improved: bool) -> None:
+        terms = ' '.join(f'{k} {v:.4f}' for k, v in record.items()
+                         if k not in ('epoch', 'lr', 'loss', 'train_time_s', 'eval_time_s')
+                         and not k.startswith('valid_'))
+        line = (f"{self.log_prefix}epoch {int(record['epoch'])}/{self.train_cfg.epochs} | "
+                f"loss {record['loss']:.4f} ({terms}) | lr {record['lr']:.3g} | "
+                f"{record['train_time_s']:.1f}s")
+        metric = self.eval_cfg.metric
+        if f'valid_{metric}' in record:
+            k = metric.partition('@')[2]
+            line += (f" + eval {record['eval_time_s']:.1f}s | valid {metric} "
+                     f"{record[f'valid_{metric}']:.4f} ndcg@{k} {record[f'valid_ndcg@{k}']:.4f}")
+            line += ' *' if improved else ''
+        logger.info(line)
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        r"""Trains until ``train.epochs`` or early stopping, then evaluates the best epoch's
+        weights on test.
+
+        Args:
+            resume (bool, optional): Continue from :obj:`checkpoint_path` if it exists (a
+                finished run returns its stored result). (default: :obj:`False`)
+
+        Raises:
+            NonFiniteLossError: If a loss term becomes NaN or infinite.
+            CheckpointError: If the checkpoint is unreadable, unsafe or from another config.
+        """
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            done = self._restore(load_checkpoint(self.checkpoint_path))
+            if done is not None:
+                logger.info('%srun already finished (best epoch %d)', self.log_prefix,
+                            done.best_epoch)
+                return done
+            logger.info('%sresuming after epoch %d', self.log_prefix, self.epoch)
+
+        cfg = self.train_cfg
+        while self.epoch < cfg.epochs and not self.stopped_early:
+            epoch = self.epoch + 1
+            lr = self.optimizer.param_groups[0]['lr']
+            start = time.perf_counter()
+            record: Dict[str, float] = {'epoch': epoch, 'lr': lr, **self._train_epoch(epoch)}
+            self.scheduler.step()
+            record['train_time_s'] = time.perf_counter() - start
+
+            improved = False
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                start = time.perf_counter()
+                valid = self.evaluator.evaluate(self.model, self.data, 'valid')
+                record['eval_time_s'] = time.perf_counter() - start
+                record.update({f'valid_{k}': v for k, v in valid.items()})
+                score = valid[self.eval_cfg.metric]
+                if math.isnan(score):
+                    raise NonFiniteLossError(f'validation {self.eval_cfg.metric} is NaN after '
+                                             f'epoch {epoch}: the embeddings hold NaN values')
+                improved = score > self.best_score
+                if improved:
+                    self.best_score, self.best_epoch, self.best_valid = score, epoch, valid
+                    self.best_weights = copy.deepcopy(self.model.state_dict())
+                    self.bad_evals = 0
+                else:
+                    self.bad_evals += 1
+                    self.stopped_early = (cfg.patience is not None
+                                          and self.bad_evals >= cfg.patience)
+            self.epoch = epoch
+            self.history.append(record)
+            self._log_epoch(record, improved)
+            if epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs and \
+                    not self.stopped_early:
+                self._save_checkpoint()
+
+        if self.stopped_early:
+            logger.info('%sstopped early after epoch %d: no better validation %s in %d '
+                        'evaluations', self.log_prefix, self.epoch, self.eval_cfg.metric,
+                        self.bad_evals)
+        self.model.load_state_dict(self.best_weights)
+        test = self.evaluator.evaluate(self.model, self.data, 'test')
+        result = TrainResult(best_epoch=self.best_epoch, epochs_run=self.epoch,
+                             valid=self.best_valid, test=test, stopped_early=self.stopped_early,
+                             history=self.history)
+        self._save_checkpoint(result)
+        logger.info('%sbest epoch %d: valid %s %.4f, test %s %.4f', self.log_prefix,
+                    self.best_epoch, self.eval_cfg.metric, self.best_valid[self.eval_cfg.metric],
+                    self.eval_cfg.metric, test[self.eval_cfg.metric])
+        return result

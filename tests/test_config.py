@@ -1,0 +1,129 @@
+"""Config loading and validation (Contract 3): defaults = configs/default.yaml, typed keys,
+one-line errors naming the dotted key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anchorrec_pyg.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.models import get_model_class
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+
+
+def test_packaged_defaults_equal_default_yaml():
+    with open(CONFIGS / 'default.yaml') as f:
+        on_disk = yaml.safe_load(f)
+    assert config_to_dict(ExperimentConfig()) == on_disk
+    assert config_to_dict(load_config()) == on_disk
+    assert config_to_dict(load_config(CONFIGS / 'default.yaml')) == on_disk
+
+
+@pytest.mark.parametrize('name', ['baby', 'sports', 'office', 'games'])
+def test_dataset_configs_carry_the_published_grid(name):
+    config = load_config(CONFIGS / f'{name}.yaml')
+    assert config.model_name == 'anchorrec'
+    assert config.data.name == name
+    assert config.train.batch_size == 2048
+    assert (config.train.lr_decay, config.train.lr_decay_every) == (0.96, 50)
+    assert config.eval.ks == [5, 10, 20, 50] and config.eval.metric == 'recall@20'
+    assert config.seeds == [999, 777, 555, 333, 111]
+    grid = config.grid
+    assert grid['model.n_layers'] == [1, 2, 3]
+    assert grid['model.lambda_reg'] == [0.001, 0.01, 0.1]
+    assert grid['train.lr'] == [0.005, 0.003, 0.001, 0.0007, 0.0005, 0.0003, 0.0001]
+    assert grid['model.aal_weight'] == grid['model.amp_weight'] == [0, 1e-4, 1e-3, 1e-2, 0.1, 1]
+    assert grid['model.tau'] == [0.05, 0.1, 0.25, 0.5, 1]
+    assert len(config.combinations()) == 3 * 3 * 7 * 6 * 6 * 5
+
+
+def test_overrides_and_round_trip(tmp_path):
+    config = load_config(None, ['train.lr=5e-4', 'eval.ks=[10, 20]', 'train.patience=null',
+                                'model.n_layers=2', 'seeds=[1,2]', 'grid.model.tau=[0.1,0.5]'])
+    assert config.train.lr == 0.0005 and isinstance(config.train.lr, float)
+    assert config.eval.ks == [10, 20] and config.train.patience is None
+    assert config.model.n_layers == 2 and config.seeds == [1, 2]
+    assert config.combinations() == [{'model.tau': 0.1}, {'model.tau': 0.5}]
+    path = tmp_path / 'c.yaml'
+    path.write_text(dump_config(config))
+    assert config_to_dict(load_config(path)) == config_to_dict(config)
+    run = config.single_run({'model.tau': 0.5}, seed=2)
+    assert run.model.tau == 0.5 and run.grid == {} and run.seeds == [2]
+
+
+def test_int_accepted_for_float_and_model_switch():
+    config = config_from_dict({'train': {'lr': 1}, 'model': {'name': 'lightgcn', 'n_layers': 3}})
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert isinstance(config.model, get_model_class('lightgcn').Config)
+
+
+@pytest.mark.parametrize('raw, message', [
+    ({'model': {'lamda_reg': 0.1}},
+     r'^unknown key model.lamda_reg \(did you mean model.lambda_reg\?\)$'),
+    ({'trian': {}}, r'^unknown key trian \(did you mean train\?\)$'),
+    ({'train': {'epoch': 3}}, r'^unknown key train.epoch \(did you mean train.epochs\?\)$'),
+    ({'train': {'epochs': True}}, r'^train.epochs must be int, got True$'),
+    ({'train': {'epochs': '10'}}, r"^train.epochs must be int, got '10'$"),
+    ({'train': {'lr': 'fast'}}, r"^train.lr must be float, got 'fast'$"),
+    ({'train': {'epochs': 0}}, r'^train.epochs must be >= 1 \(got 0\)$'),
+    ({'train': {'lr': -1}}, r'^train.lr must be > 0'),
+    ({'train': {'device': 'gpu'}}, r'^train.device must be'),
+    ({'eval': {'ks': [10], 'metric': 'recall@20'}}, r'^eval.metric uses K = 20'),
+    ({'eval': {'ks': [10, 'x']}}, r"^eval.ks\[1\] must be int, got 'x'$"),
+    ({'model': {'name': 'anchorrek'}}, r'^model.name must be one of'),
+    ({'model': {'tau': 0}}, r'^model.tau '),
+    ({'model': {'n_layers': 1.5}}, r'^model.n_layers must be int, got 1.5$'),
+    ({'grid': {'model.tau': [0.1, -1]}}, r'^grid.model.tau value -1: model.tau '),
+    ({'grid': {'model.tua': [0.1]}}, r'^grid.model.tua value 0.1: unknown key model.tua'),
+    ({'grid': {'train.lr': 0.1}}, r'^grid.train.lr must be a non-empty list'),
+    ({'grid': {'model.name': ['lightgcn']}}, r'^grid.model.name cannot be searched'),
+    ({'seeds': [1, 1]}, r'^seeds must not repeat a seed'),
+    ({'seeds': 'abc'}, r"^seeds must be list of int, got 'abc'$"),
+    ({'data': {'name': 'baby-real'}}, r'^data.name must be a synthetic preset'),
+    ({'data': {'modalities': ['audio']}}, r"^data.modalities entries must be"),
+    ([1, 2], r'^a config must be a mapping'),
+])
+def test_validation_errors_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        config_from_dict(raw)
+    assert '\n' not in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('train:\n  lr: [0.1\n')
+    with pytest.raises(ConfigError, match=r'bad.yaml: not valid YAML') as info:
+        load_config(bad)
+    assert '\n' not in str(info.value)
+    typo = tmp_path / 'typo.yaml'
+    typo.write_text('train:\n  batchsize: 10\n')
+    with pytest.raises(ConfigError, match=r'typo.yaml: unknown key train.batchsize \(did you '
+                       r'mean train.batch_size\?\)'):
+        load_config(typo)
+    with pytest.raises(ConfigError, match='config file not found'):
+        load_config(tmp_path / 'missing.yaml')
+
+
+@pytest.mark.parametrize('text, message', [
+    ('train.lr', 'malformed override'),
+    ('=3', 'malformed override'),
+    ('train.lr=[0.1', 'is not valid YAML'),
+])
+def test_override_parse_errors(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_override(text)
+
+
+def test_override_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r'^unknown key train.lrr \(did you mean train.lr\?\)$'):
+        load_config(None, ['train.lrr=0.1'])
+    with pytest.raises(ConfigError, match=r'cannot set train.lr.x: train.lr is not a section'):
+        load_config(None, {'train.lr': 0.1, 'train.lr.x': 1})

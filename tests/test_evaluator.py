@@ -1,0 +1,91 @@
+"""The reusable evaluator: masking, batching, scorers (model, RecOutput, function), top-K."""
+import pytest
+import torch
+
+from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.models import LightGCN, RecOutput
+from anchorrec_pyg.train.evaluator import Evaluator, evaluate, metric_keys, rank_topk
+
+
+@pytest.fixture(scope='module')
+def model(tiny_data):
+    torch.manual_seed(0)
+    return LightGCN(tiny_data, LightGCN.Config())
+
+
+def test_model_output_and_function_agree(tiny_data, model):
+    with torch.no_grad():
+        out = model.eval()(tiny_data)
+    fn = lambda users: out.user[users] @ out.item.T  # noqa: E731
+    a = evaluate(model, tiny_data, 'valid')
+    b = evaluate(out, tiny_data, 'valid')
+    c = evaluate(fn, tiny_data, 'valid', batch_size=7)
+    assert set(a) == set(metric_keys((5, 10, 20, 50)))
+    assert a == b
+    for key in a:
+        assert a[key] == pytest.approx(c[key], abs=1e-7)
+    assert model.training is False
+
+
+def test_model_training_mode_restored(tiny_data, model):
+    model.train()
+    evaluate(model, tiny_data, 'test')
+    assert model.training
+
+
+def test_memory_bounded_batches(tiny_data, model):
+    with torch.no_grad():
+        out = model(tiny_data)
+    sizes = []
+
+    def fn(users):
+        sizes.append(users.numel())
+        return out.user[users] @ out.item.T
+
+    evaluator = Evaluator(tiny_data, (20, ), batch_size=8)
+    evaluator.evaluate(fn, tiny_data, 'valid')
+    assert max(sizes) <= 8
+    assert sum(sizes) == evaluator.users('valid').numel()
+
+
+def test_rank_topk_excludes_training_items(tiny_data, model):
+    store = tiny_data['user', 'interacts', 'item']
+    users = torch.arange(tiny_data['user'].num_nodes)
+    items, scores = rank_topk(model, tiny_data, users, k=15, batch_size=16)
+    assert items.shape == (users.numel(), 15)
+    train = set(map(tuple, store.edge_index.t().tolist()))
+    assert not any((u, i) in train for u, row in enumerate(items.tolist()) for i in row)
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    # Without exclusion, a user's top item by raw score comes first:
+    with torch.no_grad():
+        out = model(tiny_data)
+    raw, _ = rank_topk(out, tiny_data, users, k=1, exclude_train=False)
+    assert torch.equal(raw[:, 0], (out.user @ out.item.T).argmax(dim=1))
+
+
+def test_users_are_those_with_held_out_items(tiny_data):
+    store = tiny_data['user', 'interacts', 'item']
+    evaluator = Evaluator(tiny_data)
+    assert torch.equal(evaluator.users('valid'), store.val_edge_index[0].unique())
+    assert torch.equal(evaluator.users('test'), store.test_edge_index[0].unique())
+    with pytest.raises(ConfigError, match="unknown split 'train'"):
+        evaluator.users('train')
+
+
+def test_perfect_scorer(tiny_data):
+    """A scorer that knows the held-out items reaches Recall@50 = 1 and HitRate = 1."""
+    store = tiny_data['user', 'interacts', 'item']
+    table = torch.zeros(tiny_data['user'].num_nodes, tiny_data['item'].num_nodes)
+    table[store.test_edge_index[0], store.test_edge_index[1]] = 1.0
+    out = evaluate(lambda users: table[users], tiny_data, 'test', ks=(5, 50))
+    assert out['recall@50'] == pytest.approx(1.0)
+    assert out['hit@5'] == pytest.approx(1.0)
+    assert out['ndcg@50'] == pytest.approx(1.0)
+
+
+def test_recoutput_scores_are_dot_products(tiny_data):
+    user = torch.randn(tiny_data['user'].num_nodes, 4)
+    item = torch.randn(tiny_data['item'].num_nodes, 4)
+    a = evaluate(RecOutput(user, item), tiny_data, 'valid')
+    b = evaluate(lambda users: user[users] @ item.T, tiny_data, 'valid')
+    assert a == b
