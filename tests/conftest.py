@@ -1,0 +1,60 @@
+"""Shared fixtures: the tiny synthetic MMRec folder, its HeteroData, and the real Office copy.
+
+Tests run single-threaded (reproducible timings on a shared 2-core machine) and with
+``ANCHORREC_PYG_HOME`` pointing to a per-session temporary folder, so that no test writes to
+the user's cache (generated default datasets, processed files of read-only folders).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from anchorrec_pyg.data import MMRecDataset, generate_synthetic
+from anchorrec_pyg.data.mmrec import HOME_ENV
+
+torch.set_num_threads(1)
+
+OFFICE_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'amazon-office'
+"""The real Amazon Office copy (interactions + text features), beside the project root."""
+
+
+@pytest.fixture(scope='session', autouse=True)
+def anchorrec_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-session ``$ANCHORREC_PYG_HOME``."""
+    home = tmp_path_factory.mktemp('anchorrec-home')
+    previous = os.environ.get(HOME_ENV)
+    os.environ[HOME_ENV] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop(HOME_ENV, None)
+    else:
+        os.environ[HOME_ENV] = previous
+
+
+@pytest.fixture(scope='session')
+def tiny_mmrec_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """``(root, name)`` of the ``tiny`` synthetic preset (60 users, 40 items, seed 0)."""
+    root = tmp_path_factory.mktemp('mmrec')
+    generate_synthetic(root, name='tiny', preset='tiny', seed=0)
+    return str(root), 'tiny'
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tiny_mmrec_root: tuple[str, str]):
+    """The tiny dataset's HeteroData with all three modalities (k = 10). Shared by the whole
+    session: tests must not modify it in place (``data.clone()`` first)."""
+    root, name = tiny_mmrec_root
+    return MMRecDataset(root, name, log=False)[0]
+
+
+@pytest.fixture(scope='session')
+def office_root() -> Path:
+    """The folder of the real Office copy (``office.inter``, ``text_feat.npy``; read-only).
+    Load it with ``MMRecDataset(office_root.parent, office_root.name,
+    inter_file='office.inter', modalities=('text',))``."""
+    if not (OFFICE_DIR / 'office.inter').is_file():
+        pytest.skip(f'real Office data not found at {OFFICE_DIR}')
+    return OFFICE_DIR
