@@ -52,7 +52,8 @@ def test_zero_shot_on_true_taste_vectors_beats_random():
     assert item_cf_scorer(q, data, k=10)(torch.arange(150)).shape == (150, 200)
 
 
-def test_zero_shot_matches_dense_reference():
+@pytest.mark.parametrize('gram_budget_bytes', [0, 1 << 30])  # profile path, item Gram path
+def test_zero_shot_matches_dense_reference(gram_budget_bytes):
     data, q = taste_data(40, 30)
     q[3] = 0  # a zero row stays zero
     b = training_matrix(data)
@@ -60,7 +61,7 @@ def test_zero_shot_matches_dense_reference():
     profile = (b @ unit) / b.sum(1, keepdim=True)
     expected = torch.nn.functional.normalize(profile, dim=1) @ unit.T
     users = torch.tensor([0, 7, 39])
-    got = zero_shot_scorer(q, data)(users)
+    got = zero_shot_scorer(q, data, gram_budget_bytes)(users)
     torch.testing.assert_close(got.double(), expected[users], atol=1e-5, rtol=0)
     assert (got[:, 3] == 0).all()
 

@@ -59,6 +59,7 @@ DEFAULT_KNN_K = 10
 DEFAULT_SHRINK = 0.0
 DEFAULT_MASK_FRACTION = 0.5
 SHRINK_ROW_CHUNK = 1024
+GRAM_BUDGET_BYTES = 1 << 30
 METHODS = ('zero-shot', 'item-cf')
 
 
@@ -79,14 +80,33 @@ def _check_table(features: Tensor, data: HeteroData) -> Tensor:
     return features.float().cpu()
 
 
-def zero_shot_scorer(features: Tensor, data: HeteroData) -> ScoreFn:
+def zero_shot_scorer(features: Tensor, data: HeteroData,
+                     gram_budget_bytes: int = GRAM_BUDGET_BYTES) -> ScoreFn:
     r"""The zero-shot score function ``users [n] -> [n, I]`` of :obj:`features` (see the module
-    docstring)."""
+    docstring).
+
+    With :math:`M` the row-normalised training matrix (``U x I``), the profiles are
+    :math:`P = M\hat F` and the scores :math:`P \hat F^\top / \lVert P_u\rVert`. When
+    :math:`U > I` and the item Gram matrix :math:`G = \hat F \hat F^\top` fits in
+    :obj:`gram_budget_bytes`, the scores are computed as :math:`M G / \lVert P_u\rVert` (the
+    same numbers): ``I^2 d`` multiply-adds once instead of ``U I d`` for every evaluated split.
+    """
     unit = torch.nn.functional.normalize(_check_table(features, data), dim=1)
     matrix = _training_matrix(data)
     degree = np.asarray(matrix.sum(1)).ravel()
     mean = sp.diags(np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)) @ matrix
     profile = torch.from_numpy(np.asarray(mean @ unit.double().numpy())).float()
+    num_users, num_items = mean.shape
+    if num_users > num_items and num_items * num_items * 4 <= gram_budget_bytes:
+        gram = (unit @ unit.T).numpy()
+        inv_norm = 1.0 / profile.norm(dim=1).clamp_min(1e-12).unsqueeze(1)
+        mean = mean.astype(np.float32).tocsr()
+
+        def score(users: Tensor) -> Tensor:
+            rows = users.cpu()
+            return torch.from_numpy(np.asarray(mean[rows.numpy()] @ gram)) * inv_norm[rows]
+        return score
+
     profile = torch.nn.functional.normalize(profile, dim=1)
 
     def score(users: Tensor) -> Tensor:
