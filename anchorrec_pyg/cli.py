@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from anchorrec_pyg import compare
+from anchorrec_pyg.analysis import cli as analysis_cli
 from anchorrec_pyg.errors import AnchorRecError, ConfigError
 
 PROG = 'anchorrec-pyg'
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help='write user,rank,item,score rows to this CSV instead of printing')
     common(recommend)
     recommend.set_defaults(func=cmd_recommend)
+    compare.add_parsers(sub)
+    analysis_cli.add_parsers(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ __all__ = [
     'EmbeddingL2Loss',
     'EmbLoss',
     'CosineMarginLoss',
+    'CosineDistanceLoss',
     'InfoNCE',
     'AALLoss',
     'SimilarityPreservationLoss',
@@ -101,6 +102,19 @@ class CosineMarginLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f'margin={self.margin}, detach_user={self.detach_user}'
+
+
+class CosineDistanceLoss(torch.nn.Module):
+    r"""Mean cosine distance between matching rows (AlignRec's UIA, SPEC §7; BM3's
+    :math:`c(\cdot, \cdot)`, SPEC §9)
+
+    .. math::
+        c(\mathbf{a}, \mathbf{b}) = 1 - \frac{1}{n}\sum_{k=1}^{n}\cos(\mathbf{a}_k,
+        \mathbf{b}_k).
+    """
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
 
 
 class InfoNCE(torch.nn.Module):

@@ -1,4 +1,5 @@
 """Recommenders of the package (Contract 2) and their registry."""
+from anchorrec_pyg.models.alignrec import AlignRec
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.models.base import (
     MODALITIES,
@@ -10,8 +11,11 @@ from anchorrec_pyg.models.base import (
     node_rows,
     require_item_features,
 )
+from anchorrec_pyg.models.bm3 import BM3
+from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.registry import MODELS, get_model_class
+from anchorrec_pyg.models.vbpr import VBPR
 
 __all__ = [
     'MODALITIES',
@@ -24,6 +28,10 @@ __all__ = [
     'require_item_features',
     'AnchorRec',
     'LightGCN',
+    'AlignRec',
+    'VBPR',
+    'FREEDOM',
+    'BM3',
     'MODELS',
     'get_model_class',
 ]

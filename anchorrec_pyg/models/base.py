@@ -262,5 +262,26 @@ class RecModel(torch.nn.Module, ABC):
             f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
             lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
 
+    def raw_similarity(self, data: HeteroData, modality: str, items: Tensor,
+                       cache_mb: float) -> Tensor:
+        """Cosine similarities of the raw feature rows ``items`` of ``data['item'].x_<modality>``
+        (the target ``S`` of the similarity-preservation terms, SPEC §4 AMP and §7).
+
+        The normalised table is computed once per data tensor. When the full ``I x I`` matrix
+        fits ``cache_mb`` MiB it is computed once too and the batch block gathered from it;
+        otherwise the block is computed from the batch's distinct rows (same values).
+        """
+        require_item_features(data, (modality, ), type(self).__name__)
+        table = data['item'][f'x_{modality}']
+        unit = self.graph_cache.get(f'unit_{modality}', (table, ),
+                                    lambda: torch.nn.functional.normalize(table.detach(), dim=-1))
+        if unit.size(0)**2 * unit.element_size() <= cache_mb * 2**20:
+            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
+                                        lambda: unit @ unit.t())
+            return full[items[:, None], items[None, :]]
+        distinct, inverse = torch.unique(items, return_inverse=True)
+        rows = unit[distinct]
+        return (rows @ rows.t())[inverse[:, None], inverse[None, :]]
+
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'

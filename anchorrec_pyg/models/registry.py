@@ -6,15 +6,23 @@ A model becomes available to the config, the trainer and the command line by one
 from __future__ import annotations
 
 from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.models.alignrec import AlignRec
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.models.base import RecModel
+from anchorrec_pyg.models.bm3 import BM3
+from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lightgcn import LightGCN
+from anchorrec_pyg.models.vbpr import VBPR
 
 __all__ = ['MODELS', 'get_model_class']
 
 MODELS: dict[str, type[RecModel]] = {
     'anchorrec': AnchorRec,
+    'alignrec': AlignRec,
     'lightgcn': LightGCN,
+    'vbpr': VBPR,
+    'freedom': FREEDOM,
+    'bm3': BM3,
 }
 
 

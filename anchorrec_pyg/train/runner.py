@@ -139,6 +139,9 @@ class ExperimentRunner:
         resume (bool, optional): Continue the run in :obj:`out` (its ``config.yaml`` must equal
             :obj:`config`); finished runs are not retrained. (default: :obj:`False`)
         progress (bool, optional): Show progress bars. (default: :obj:`False`)
+        combinations (list of int, optional): Train only these indices of
+            :meth:`~anchorrec_pyg.config.ExperimentConfig.combinations` (a reduced search; run
+            ids keep the full grid's numbering). (default: :obj:`None`, all)
     """
     def __init__(
         self,
@@ -146,12 +149,14 @@ class ExperimentRunner:
         out: Union[str, os.PathLike, None] = None,
         resume: bool = False,
         progress: bool = False,
+        combinations: Optional[Sequence[int]] = None,
     ) -> None:
         out = out if out is not None else config.out
         self.out = Path(out) if out is not None else default_out_dir(config)
         self.config = config_from_dict({**config_to_dict(config), 'out': str(self.out)})
         self.resume = resume
         self.progress = progress
+        self.subset = None if combinations is None else sorted(set(combinations))
         self._data: Dict[str, HeteroData] = {}
 
     def _prepare_folder(self) -> None:
@@ -198,13 +203,18 @@ class ExperimentRunner:
         self._prepare_folder()
         config = self.config
         combinations = config.combinations()
+        indices = range(len(combinations)) if self.subset is None else self.subset
+        if not indices or not all(0 <= c < len(combinations) for c in indices):
+            raise ConfigError(f'combinations must be indices of the {len(combinations)} grid '
+                              f'combinations, got {self.subset}')
         metric = config.eval.metric
         rows: List[Dict[str, Any]] = []
         history: List[Dict[str, Any]] = []
         results: Dict[int, List[Tuple[str, TrainResult]]] = {}
         errors: List[str] = []
-        total = len(combinations) * len(config.seeds)
-        for c, params in enumerate(combinations):
+        total = len(indices) * len(config.seeds)
+        for c in indices:
+            params = combinations[c]
             for seed in config.seeds:
                 run_id = f'c{c:03d}-s{seed}'
                 logger.info('run %d/%d %s %s', len(rows) + 1, total, run_id,
@@ -235,8 +245,7 @@ class ExperimentRunner:
                                   _json_text(metrics))
                 atomic_write_text(self.out / RUNS_FILE, _csv_text(rows))
 
-        complete = [c for c in range(len(combinations))
-                    if len(results.get(c, [])) == len(config.seeds)]
+        complete = [c for c in indices if len(results.get(c, [])) == len(config.seeds)]
         if not complete:
             raise NonFiniteLossError(f'every combination diverged; first: {errors[0]}')
         scores = {c: float(np.mean([r.valid[metric] for _, r in results[c]])) for c in complete}
@@ -259,10 +268,10 @@ class ExperimentRunner:
             },
             'combinations': [{
                 'combination': f'c{c:03d}',
-                'params': params,
+                'params': combinations[c],
                 'status': 'ok' if c in complete else 'diverged',
                 **({f'valid_{metric}': scores[c]} if c in complete else {}),
-            } for c, params in enumerate(combinations)],
+            } for c in indices],
             'num_runs': total,
             'out': str(self.out),
             'wall_time_s': time.perf_counter() - start,

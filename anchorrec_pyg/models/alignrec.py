@@ -1,0 +1,191 @@
+r"""AlignRec's recommendation stage (SPEC §7), AnchorRec's predecessor.
+
+AlignRec is AnchorRec's ID view plus *one* modality view, on one fused multimodal feature table
+:math:`\mathbf{F}` (``data['item'].x_mm``, the BEiT-3 ``<name>_beit3/image_feat.npy``; without
+it the data layer's ``mm_source: concat`` derives it) and its kNN graph
+``('item', 'similar_mm', 'item')``. It is composed of the same building blocks as
+:class:`~anchorrec_pyg.models.AnchorRec`:
+
+* collaborative view :math:`\mathbf{C}`: :class:`~anchorrec_pyg.nn.LightGCNEncoder`;
+* multimodal view: :class:`~anchorrec_pyg.nn.ModalityConv`,
+  :math:`\mathbf{H} = \mathbf{A}^n(\mathbf{E}_i \odot \sigma(G(P(\mathbf{F}))))`, users
+  :math:`\mathbf{R}\mathbf{H}`;
+* fusion :math:`\mathbf{Z} = \mathbf{C} + [\mathbf{R}\mathbf{H}; \mathbf{H}]`;
+* loss, per batch, from :mod:`anchorrec_pyg.losses`:
+
+  .. math::
+      \mathcal{L} = \mathcal{L}_{BPR} + \lambda_{reg}\mathcal{L}_{L2}
+      + w_{uia}\,\big(1 - \overline{\cos}(\mathbf{u}, \mathbf{p})\big)
+      + w_{cl}\,\big[\mathrm{InfoNCE}_{\tau}(\mathbf{H}_p, \mathbf{C}_p)
+      + \mathrm{InfoNCE}_{\tau}((\mathbf{R}\mathbf{H})_u, \mathbf{C}_u)\big]
+      + w_{sim}\,\frac{1}{n}\|\mathbf{H}_p\mathbf{H}_p^\top - \mathbf{S}\|_F,
+
+  with :math:`\mathbf{S}` the cosine similarities of the raw :math:`\mathbf{F}` rows of the
+  positive items (the file's rows, not the trainable copy) and :math:`\tau = 0.2`.
+
+The upstream BEiT-3 pre-training that produces :math:`\mathbf{F}` is out of scope (SPEC §7).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.losses import (
+    BPRLoss,
+    CosineDistanceLoss,
+    EmbeddingL2Loss,
+    InfoNCE,
+    SimilarityPreservationLoss,
+)
+from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
+from anchorrec_pyg.nn.modality_conv import ModalityConv
+from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+
+__all__ = ['AlignRec']
+
+LOSS_TERMS = ('bpr', 'reg', 'uia', 'cca', 'sim')
+
+
+class AlignRec(RecModel):
+    r"""AlignRec (SPEC §7) on the ``HeteroData`` of Contract 1 (needs ``x_mm`` and the
+    ``similar_mm`` kNN graph).
+
+    ``forward`` returns the final embeddings and the views ``'C'`` (``[U+I, d]``), ``'H_mm'``
+    (items, ``[I, d]``) and ``'H_mm_user'`` (:math:`\mathbf{R}\mathbf{H}`, ``[U, d]``), named as
+    AnchorRec's so that the analyses read both models alike. ``loss`` returns the total and the
+    weighted terms ``bpr``, ``reg``, ``uia``, ``cca``, ``sim`` (a term whose weight is 0 is not
+    computed and reported as 0).
+    """
+
+    description = ('AlignRec: LightGCN ID view plus one gated kNN view of the fused multimodal '
+                   'features, with UIA, InfoNCE (CCA) and similarity-preservation losses')
+
+    @dataclass
+    class Config(ModelConfig):
+        """AlignRec hyper-parameters and constants (defaults: the published implementation).
+
+        Attributes:
+            embedding_dim: d (published 64).
+            n_ui_layers: LightGCN layers on the user-item graph (published 2).
+            n_layers: kNN propagation steps of the multimodal view (published 1).
+            reg_weight: weight of the embedding L2 term (published 1e-4).
+            uia_weight: weight of the user-item alignment 1 - mean cos(u, p) (published 0.1).
+            cl_weight: weight of the two InfoNCE terms, CCA (grid {1e-4, 1e-3, 5e-3, 0.01,
+                0.1}).
+            sim_weight: weight of the similarity-preservation term (grid {0.1, ..., 0.5}).
+            tau: InfoNCE temperature (published, fixed: 0.2).
+            freeze_features: keep the feature table fixed (published code trains a copy:
+                ``False``).
+            feature_layernorm: LayerNorm on the features before the projection (published off).
+            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
+            similarity_cache_mb: memory (MiB) up to which the full ``I x I`` raw cosine matrix
+                behind the similarity target is computed once and cached (speed only).
+        """
+
+        embedding_dim: int = 64
+        n_ui_layers: int = 2
+        n_layers: int = 1
+        reg_weight: float = 1e-4
+        uia_weight: float = 0.1
+        cl_weight: float = 0.01
+        sim_weight: float = 0.1
+        tau: float = 0.2
+        freeze_features: bool = False
+        feature_layernorm: bool = False
+        propagation: str = 'pyg'
+        similarity_cache_mb: float = 256.0
+
+        def validate(self) -> None:
+            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
+            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
+            self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
+            self.require(self.tau > 0, 'tau', 'must be > 0')
+            for key in ('reg_weight', 'uia_weight', 'cl_weight', 'sim_weight',
+                        'similarity_cache_mb'):
+                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require(self.propagation in BACKENDS, 'propagation',
+                         f"must be one of {', '.join(sorted(BACKENDS))}")
+
+    @classmethod
+    def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
+        return ('mm', )
+
+    def __init__(self, data: HeteroData, config: AlignRec.Config | None = None) -> None:
+        super().__init__(data, config if config is not None else self.Config())
+        cfg = self.config
+        if ('item', 'similar_mm', 'item') not in data.edge_types:
+            raise DataError("AlignRec needs the ('item', 'similar_mm', 'item') kNN edges; the "
+                            'dataset has none')
+        d = cfg.embedding_dim
+        self.propagation = get_backend(cfg.propagation)
+        self.user_embedding = torch.nn.Embedding(self.num_users, d)
+        self.item_embedding = torch.nn.Embedding(self.num_items, d)
+        self.features = torch.nn.Parameter(data['item'].x_mm.detach().clone().float(),
+                                           requires_grad=not cfg.freeze_features)
+        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
+        self.modality_conv = ModalityConv(self.features.size(1), d, cfg.n_layers,
+                                          cfg.feature_layernorm)
+        self.bpr = BPRLoss()
+        self.l2 = EmbeddingL2Loss()
+        self.uia = CosineDistanceLoss()
+        self.info_nce = InfoNCE(cfg.tau)
+        self.sim = SimilarityPreservationLoss()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.modality_conv.reset_parameters()
+
+    def forward(self, data: HeteroData) -> RecOutput:
+        graph = self.user_item_graph(data, self.propagation)
+        user_emb = node_rows(self.user_embedding.weight, data, 'user')
+        item_emb = node_rows(self.item_embedding.weight, data, 'item')
+        num_users = user_emb.size(0)
+        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
+        h_items, h_users = self.modality_conv(item_emb, node_rows(self.features, data, 'item'),
+                                              self.item_graph(data, 'mm', self.propagation),
+                                              graph.user_item)
+        return RecOutput(user=c[:num_users] + h_users, item=c[num_users:] + h_items,
+                         views={'C': c, 'H_mm': h_items, 'H_mm_user': h_users})
+
+    def loss(
+        self,
+        data: HeteroData,
+        out: RecOutput,
+        users: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""SPEC §7: BPR + L2 + UIA + CCA + similarity preservation.
+
+        ``users``, ``pos``, ``neg`` index the rows of ``out.user`` / ``out.item``;
+        ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
+        """
+        cfg = self.config
+        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        zero = out.user.new_zeros(())
+        terms = dict.fromkeys(LOSS_TERMS, zero)
+        terms['bpr'] = self.bpr((u * p).sum(-1), (u * n).sum(-1))
+        terms['reg'] = cfg.reg_weight * self.l2(
+            u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
+        if cfg.uia_weight > 0:
+            terms['uia'] = cfg.uia_weight * self.uia(u, p)
+        h_items = out.views['H_mm']
+        if cfg.cl_weight > 0:
+            c = out.views['C']
+            num_users = out.user.size(0)
+            terms['cca'] = cfg.cl_weight * (
+                self.info_nce(h_items[pos], c[num_users:][pos]) +
+                self.info_nce(out.views['H_mm_user'][users], c[:num_users][users]))
+        if cfg.sim_weight > 0:
+            target = self.raw_similarity(data, 'mm', pos, cfg.similarity_cache_mb)
+            terms['sim'] = cfg.sim_weight * self.sim(h_items[pos], target.to(h_items.dtype))
+        total = torch.stack(list(terms.values())).sum()
+        return total, {key: value.detach() for key, value in terms.items()}

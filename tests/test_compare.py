@@ -1,0 +1,232 @@
+"""The model registry, `anchorrec-pyg models`, the published configs and `anchorrec-pyg compare`
+end to end on the tiny dataset (table, chart, resume, refusal to mix results)."""
+import csv
+import io
+import json
+import re
+import shutil
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from anchorrec_pyg import compare
+from anchorrec_pyg.cli import main
+from anchorrec_pyg.config import load_config
+from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.models import MODELS, get_model_class
+from anchorrec_pyg.train.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+SEEDS = ['--seeds', '1', '2']
+
+
+def compare_args(root, name, out, *extra):
+    return ['compare', '--models', 'lightgcn', 'vbpr', '--set', f'data.root={root}',
+            '--set', f'data.name={name}', '--set', 'train.batch_size=128',
+            '--set', 'model.embedding_dim=8', '--set', 'eval.ks=[10,20]', '--budget', '2',
+            '--epochs', '2', *SEEDS, '--out', str(out), '--quiet', *extra]
+
+
+@pytest.fixture(scope='module')
+def finished(tiny_mmrec_root, tmp_path_factory):
+    """One finished comparison (two models, two seeds) and what it printed."""
+    out = tmp_path_factory.mktemp('compare') / 'cmp'
+    pytest.importorskip('matplotlib')
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(compare_args(*tiny_mmrec_root, out)) == 0
+    return out, buffer.getvalue()
+
+
+def _rows(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_registry_lists_every_model_with_a_description():
+    assert set(MODELS) == {'anchorrec', 'alignrec', 'lightgcn', 'vbpr', 'freedom', 'bm3'}
+    for name, cls in MODELS.items():
+        assert get_model_class(name.upper()) is cls
+        assert cls.description and '\n' not in cls.description
+    with pytest.raises(ConfigError, match='must be one of alignrec, anchorrec, bm3'):
+        get_model_class('lattice')
+
+
+def test_models_command_prints_one_line_per_model(capsys):
+    assert main(['models']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(MODELS)
+    vbpr = next(line for line in lines if line.startswith('vbpr'))
+    assert '[text, image]' in vbpr and MODELS['vbpr'].description in vbpr
+    assert '[ids only]' in next(line for line in lines if line.startswith('lightgcn'))
+
+
+def test_published_configs_carry_the_spec_grids():
+    for name in compare.PAPER_DATASETS:
+        config = load_config(CONFIGS / 'alignrec' / f'{name}.yaml')
+        assert (config.model_name, config.data.name) == ('alignrec', name)
+        assert config.grid == {
+            'train.lr': [0.005, 0.003, 0.001, 0.0007, 0.0005, 0.0003, 0.0001],
+            'model.cl_weight': [1e-4, 1e-3, 5e-3, 0.01, 0.1],
+            'model.sim_weight': [0.1, 0.2, 0.3, 0.4, 0.5],
+        }
+        assert config.train.patience == 30 and config.model.tau == 0.2
+        assert config.model.reg_weight == 1e-4 and config.model.n_layers == 1
+    grids = {
+        'vbpr': {'model.reg_weight': [2, 1, 0.1, 0.01, 1e-3, 1e-4, 1e-5],
+                 'train.lr': [0.005, 0.001, 0.0005, 0.0001]},
+        'freedom': {'model.edge_dropout': [0.8, 0.85, 0.9], 'model.reg_weight': [0.03, 0.05, 0.07],
+                    'train.lr': [0.002, 0.001, 0.0005, 0.0003]},
+        'bm3': {'train.lr': [0.005, 0.001, 0.0005, 0.0001], 'model.reg_weight': [0.1, 0.01],
+                'model.n_layers': [1, 2], 'model.dropout': [0.3, 0.5]},
+    }
+    for model, grid in grids.items():
+        config = load_config(CONFIGS / 'baselines' / f'{model}.yaml')
+        assert config.model_name == model and config.grid == grid
+        assert config.seeds == [999, 777, 555, 333, 111] and config.train.batch_size == 2048
+    assert load_config(CONFIGS / 'baselines' / 'lightgcn.yaml').model_name == 'lightgcn'
+
+
+def test_published_config_lookup():
+    path = compare.published_config_path
+    assert path('anchorrec', 'sports') == CONFIGS / 'sports.yaml'
+    assert path('anchorrec', 'default') == CONFIGS / 'baby.yaml'  # not the packaged defaults
+    assert path('alignrec', 'office') == CONFIGS / 'alignrec' / 'office.yaml'
+    assert path('alignrec', 'mydata') == CONFIGS / 'alignrec' / 'baby.yaml'
+    assert path('bm3', 'games') == CONFIGS / 'baselines' / 'bm3.yaml'
+    with pytest.raises(ConfigError, match="no published config for model 'bm3'"):
+        path('bm3', 'baby', CONFIGS / 'nowhere')
+
+
+def test_budget_is_deterministic_nested_and_bounded():
+    a = compare.budget_indices(175, 8)
+    assert a == compare.budget_indices(175, 8) == sorted(a) and len(set(a)) == 8
+    assert set(a) <= set(compare.budget_indices(175, 20))
+    assert compare.budget_indices(12, 50) == list(range(12))
+    assert compare.budget_indices(12, None) == list(range(12))
+    assert a != list(range(8))  # spread over the grid, not its first corner
+    with pytest.raises(ConfigError, match='--budget must be >= 1'):
+        compare.budget_indices(12, 0)
+
+
+def test_compare_writes_the_table_csv_and_chart(finished):
+    out, printed = finished
+    table = (out / 'comparison.md').read_text()
+    assert table in printed and 'comparison.png' in printed
+    rows = _rows(out / 'comparison.csv')
+    assert sorted(r['model'] for r in rows) == ['lightgcn', 'vbpr']
+    assert [r['rank'] for r in rows] == ['1', '2']
+    assert float(rows[0]['test_recall@20']) >= float(rows[1]['test_recall@20'])
+    for row in rows:
+        summary = json.loads((out / row['model'] / 'summary.json').read_text())
+        for key in ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20'):
+            assert float(row[f'test_{key}']) == pytest.approx(summary['test'][key])
+            assert float(row[f'test_{key}_std']) == pytest.approx(summary['test'][f'{key}_std'])
+            cell = f"{summary['test'][key]:.4f} ± {summary['test'][f'{key}_std']:.4f}"
+            assert cell in table
+        assert json.loads(row['selected']) == summary['selected']['params']
+        assert json.loads(row['seeds']) == [1, 2] == summary['selected']['seeds']
+        runs = _rows(out / row['model'] / 'runs.csv')
+        assert len(runs) == 2 * 2 and {r['seed'] for r in runs} == {'1', '2'}  # budget x seeds
+        assert float(row['epoch_time_s']) > 0
+    assert '| 2/12 x 2 |' in table and '| 2/28 x 2 |' in table
+    png = (out / 'comparison.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+
+
+def test_rerun_resumes_without_training(finished, tiny_mmrec_root, monkeypatch, capsys):
+    out, _ = finished
+    before = (out / 'comparison.csv').read_text()
+
+    def no_training(self, epoch):
+        raise AssertionError('a finished run was trained again')
+
+    monkeypatch.setattr(Trainer, '_train_epoch', no_training)
+    assert main(compare_args(*tiny_mmrec_root, out)) == 0
+    after = _rows(out / 'comparison.csv')
+    assert [(r['model'], r['test_recall@20']) for r in after] == [
+        (r['model'], r['test_recall@20']) for r in _rows_text(before)]
+    # a larger budget trains only the new combinations
+    calls = []
+    monkeypatch.setattr(Trainer, '_train_epoch',
+                        lambda self, epoch: calls.append(epoch) or {'loss': 0.5})
+    args = compare_args(*tiny_mmrec_root, out)
+    args[args.index('--budget') + 1] = '3'
+    assert main(args) == 0
+    assert len(calls) == 2 * 2 * 2  # (one new combination x 2 seeds x 2 epochs) per model
+    assert '| 3/12 x 2 |' in capsys.readouterr().out
+
+
+def _rows_text(text):
+    return list(csv.DictReader(text.splitlines()))
+
+
+@pytest.mark.parametrize('change,match', [
+    (['--set', 'data.knn_k=5'], r'other data settings \(data.knn_k: 10 != 5\)'),
+    (['--set', 'eval.batch_size=7'], r'other eval settings'),
+    (['--epochs', '3'], r'holds lightgcn trained with another configuration '
+                        r'\(train.epochs: 2 != 3\)'),
+])
+def test_a_folder_of_another_dataset_or_config_is_refused(
+        finished, tiny_mmrec_root, capsys, change, match):
+    out, _ = finished
+    assert main(compare_args(*tiny_mmrec_root, out) + change) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert re.search(match, err), err
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_hint_printed(
+        tiny_mmrec_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib raises ImportError
+    out = tmp_path / 'cmp'
+    args = compare_args(*tiny_mmrec_root, out)
+    args[args.index('--models') + 1:args.index('--models') + 3] = ['lightgcn']
+    args[args.index('--seeds') + 1:args.index('--seeds') + 3] = ['1']
+    args[args.index('--epochs') + 1] = '1'
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (out / 'comparison.md').is_file() and (out / 'comparison.csv').is_file()
+    assert not (out / 'comparison.png').exists()
+    assert "no chart: pip install 'anchorrec-pyg[plots]'" in printed
+
+
+def test_missing_modality_fails_before_training(tiny_mmrec_root, tmp_path, capsys):
+    root, name = tiny_mmrec_root
+    copy = tmp_path / 'data'
+    shutil.copytree(Path(root) / name, copy / name, ignore=shutil.ignore_patterns('processed'))
+    (copy / name / 'image_feat.npy').unlink()
+    out = tmp_path / 'cmp'
+    assert main(compare_args(copy, name, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('anchorrec-pyg: error: vbpr needs text, image: ')
+    assert 'image_feat.npy' in err and err.count('\n') == 1
+    assert not (out / 'lightgcn').exists()  # nothing was trained
+
+
+def test_bad_model_names_and_overrides(tiny_mmrec_root, tmp_path, capsys):
+    args = compare_args(*tiny_mmrec_root, tmp_path / 'x')
+    args[args.index('--models') + 1] = 'lattice'
+    assert main(args) == 2
+    assert ("unknown model 'lattice'; available: anchorrec, alignrec, lightgcn, vbpr, freedom, "
+            'bm3') in capsys.readouterr().err
+    assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--set', 'model.tau=0.1')) == 2
+    assert 'unknown key model.tau for every compared model' in capsys.readouterr().err
+    assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--budget', '0')) == 2
+    assert '--budget must be >= 1' in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()
+
+
+def test_model_keys_go_only_to_models_that_have_them(tiny_mmrec_root):
+    base = load_config(None, [f'data.root={tiny_mmrec_root[0]}', 'data.name=tiny'])
+    configs = compare.compare_configs(['lightgcn', 'bm3'], base, ['model.n_layers=3',
+                                                                  'model.dropout=0.1'],
+                                      epochs=4, seeds=[5])
+    assert configs['lightgcn'].model.n_layers == 3 and configs['bm3'].model.n_layers == 3
+    assert configs['bm3'].model.dropout == 0.1
+    for config in configs.values():
+        assert config.data == base.data and config.eval == base.eval
+        assert config.train.epochs == 4 and config.seeds == [5]
+    assert configs['bm3'].grid['model.reg_weight'] == [0.1, 0.01]  # the published grid
