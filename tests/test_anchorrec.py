@@ -279,7 +279,8 @@ def test_fuse_image_view_adds_exactly_the_image_view():
     z = (out.user.sum() + out.item.sum())
     grads = torch.autograd.grad(z, list(model.modality_convs['image'].parameters()),
                                 allow_unused=True)
-    assert all(g is None for g in grads)
+    # (None, or zeros where a backend fuses the image product with the others)
+    assert all(g is None or not g.any() for g in grads)
     z_fused = out_fused.user.sum() + out_fused.item.sum()
     grads = torch.autograd.grad(z_fused, list(fused.modality_convs['image'].parameters()))
     assert all(g.abs().sum() > 0 for g in grads)
@@ -332,8 +333,9 @@ def test_graphs_and_normalised_features_are_built_once():
     model, data = make_model(amp_weight=0.1)
     model.loss(data, model(data), *BATCH)
     entries = len(model.graph_cache)
-    # user-item graph, three kNN graphs, three unit feature tables, three similarity matrices
-    assert entries == 1 + 3 + 3 + 3
+    # user-item graph, three kNN graphs, three similarity matrices (all fit the default budget,
+    # so no normalised feature table is kept)
+    assert entries == 1 + 3 + 3
     adj = model.item_graph(data, 'mm', model.propagation)
     for _ in range(2):
         model.loss(data, model(data), *BATCH)

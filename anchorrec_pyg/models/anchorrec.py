@@ -37,6 +37,7 @@ from anchorrec_pyg.losses import (
     CosineMarginLoss,
     EmbeddingL2Loss,
     GraphSmoothnessLoss,
+    cosine_similarity_matrix,
 )
 from anchorrec_pyg.models.base import (
     MODALITIES,
@@ -109,10 +110,14 @@ class AnchorRec(RecModel):
                 (published code leaves it out: ``False``).
             feature_layernorm: LayerNorm on each feature table before its projection (published
                 ``use_ln``, off).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
-            similarity_cache_mb: memory per modality (MiB) up to which the full ``I x I`` raw
-                cosine-similarity matrix behind AMP's targets is computed once and cached
-                instead of per batch (speed only: the targets are the same; 0 disables).
+            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`);
+                ``'fast'`` (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes the same
+                products as the ``'pyg'`` reference, faster.
+            similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
+                full ``I x I`` raw cosine-similarity matrices behind AMP's targets instead of
+                computing each batch's block (widest feature table first, see
+                :meth:`AnchorRec.cached_similarities`); trades memory for recomputation, the
+                targets are the same (0: compute every block).
         """
 
         embedding_dim: int = 64
@@ -135,7 +140,7 @@ class AnchorRec(RecModel):
         freeze_features: bool = False
         fuse_image_view: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
         similarity_cache_mb: float = 256.0
 
         def validate(self) -> None:
@@ -291,8 +296,12 @@ class AnchorRec(RecModel):
             terms['aal'] = cfg.aal_weight * self.aal(projected['h_mm'], projected['h_id'],
                                                      projected['h_mix'])
         if cfg.amp_weight > 0:
-            embeddings = {m: out.views[f'H_{m}'][pos] for m in MODALITIES}
-            targets = {m: self._raw_similarity(data, m, pos).to(out.item.dtype) for m in MODALITIES}
+            # sim(E, S) is invariant to permuting E's rows together with S's rows and columns;
+            # in sorted order the gathers from the cached I x I similarities are near-sequential
+            items = pos.sort().values
+            embeddings = {m: out.views[f'H_{m}'][items] for m in MODALITIES}
+            targets = {m: self._raw_similarity(data, m, items).to(out.item.dtype)
+                       for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
             knn = data['item', 'similar_mm', 'item']
@@ -302,22 +311,39 @@ class AnchorRec(RecModel):
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}
 
+    def cached_similarities(self, data: HeteroData) -> tuple[str, ...]:
+        """The modalities whose full ``I x I`` raw cosine-similarity matrix is cached.
+
+        ``similarity_cache_mb`` is one budget for all modalities, spent on the tables that are
+        the most expensive to recompute per batch (the widest feature table first); the others
+        are computed blockwise per batch. Speed and memory only: the targets are the same.
+        """
+        budget = self.config.similarity_cache_mb * 2**20
+        num_items = int(data['item'].num_nodes)
+        cached = []
+        for m in sorted(MODALITIES, key=lambda m: -data['item'][f'x_{m}'].size(1)):
+            size = num_items**2 * data['item'][f'x_{m}'].element_size()
+            if size <= budget:
+                cached.append(m)
+                budget -= size
+        return tuple(cached)
+
     def _raw_similarity(self, data: HeteroData, modality: str, items: Tensor) -> Tensor:
         """Cosine similarities of the raw feature rows ``items`` (AMP's target ``S``).
 
-        The normalised feature table is computed once per data tensor. When the full ``I x I``
-        similarity matrix fits ``similarity_cache_mb`` it is computed once too and the batch
-        block is gathered from it; otherwise the block is computed from the distinct rows.
+        For the modalities of :meth:`cached_similarities` the full ``I x I`` matrix is computed
+        once and the batch block gathered from it (``items`` sorted keeps the gather
+        near-sequential); for the others the normalised table is cached and the block computed
+        from the batch's distinct rows.
         """
         require_item_features(data, (modality, ), type(self).__name__)
         table = data['item'][f'x_{modality}']
+        if modality in self.cached_similarities(data):
+            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
+                                        lambda: cosine_similarity_matrix(table.detach()))
+            return full[items[:, None], items[None, :]]
         unit = self.graph_cache.get(f'unit_{modality}', (table, ),
                                     lambda: F.normalize(table.detach(), dim=-1))
-        full_bytes = unit.size(0)**2 * unit.element_size()
-        if full_bytes <= self.config.similarity_cache_mb * 2**20:
-            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
-                                        lambda: unit @ unit.t())
-            return full[items[:, None], items[None, :]]
         distinct, inverse = torch.unique(items, return_inverse=True)
         rows = unit[distinct]
         return (rows @ rows.t())[inverse[:, None], inverse[None, :]]

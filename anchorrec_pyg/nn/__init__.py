@@ -1,5 +1,6 @@
 """Graph building blocks of AnchorRec: propagation backends, LightGCN, modality convolutions and
 the projection domain."""
+from anchorrec_pyg.nn.fast_csr import CSROperator, CSRSpMM, FastCSRBackend
 from anchorrec_pyg.nn.lightgcn import (
     LightGCNConv,
     LightGCNEncoder,
@@ -26,6 +27,9 @@ __all__ = [
     'PropagationBackend',
     'PyGBackend',
     'TorchCSRBackend',
+    'FastCSRBackend',
+    'CSROperator',
+    'CSRSpMM',
     'WeightedAggregation',
     'BACKENDS',
     'register_backend',

@@ -11,9 +11,13 @@ are already normalised, so no normalisation happens here). A *backend* turns
 ``(edge_index, edge_weight, size)`` into an :class:`Adjacency`, an operator that models apply with
 ``adj @ x``. Which backend a model uses is a string in its config (key ``propagation``):
 
-* ``'pyg'`` (default): :class:`~torch_geometric.nn.conv.MessagePassing` gather/scatter over the
-  edge list (:class:`WeightedAggregation`).
+* ``'pyg'`` (the reference): :class:`~torch_geometric.nn.conv.MessagePassing` gather/scatter
+  over the edge list (:class:`WeightedAggregation`).
 * ``'torch_csr'``: a ``torch.sparse_csr_tensor`` adjacency multiplied with ``torch.sparse.mm``.
+* ``'fast'``: CSR products whose backward uses a transpose built once (the adjacency itself when
+  symmetric), fusing the products of one step into one call
+  (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`, registered when :mod:`anchorrec_pyg.nn`
+  is imported).
 
 A new backend is one :class:`PropagationBackend` subclass registered with
 :func:`register_backend`; models never change. Backends that can batch several products (e.g.
@@ -44,6 +48,7 @@ __all__ = [
     'PyGBackend',
     'TorchCSRBackend',
     'BACKENDS',
+    'check_edges',
     'register_backend',
     'get_backend',
     'propagate_many',
@@ -144,7 +149,7 @@ class PyGBackend(PropagationBackend):
 
     def adjacency(self, edge_index: Tensor, edge_weight: Tensor,
                   size: tuple[int, int]) -> Adjacency:
-        _check_edges(edge_index, edge_weight, size)
+        check_edges(edge_index, edge_weight, size)
         return _PyGAdjacency(self, edge_index, edge_weight, (int(size[0]), int(size[1])))
 
 
@@ -166,7 +171,7 @@ class TorchCSRBackend(PropagationBackend):
 
     def adjacency(self, edge_index: Tensor, edge_weight: Tensor,
                   size: tuple[int, int]) -> Adjacency:
-        _check_edges(edge_index, edge_weight, size)
+        check_edges(edge_index, edge_weight, size)
         num_src, num_dst = int(size[0]), int(size[1])
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
@@ -176,7 +181,9 @@ class TorchCSRBackend(PropagationBackend):
         return _CSRAdjacency(self, matrix, (num_src, num_dst))
 
 
-def _check_edges(edge_index: Tensor, edge_weight: Tensor, size: tuple[int, int]) -> None:
+def check_edges(edge_index: Tensor, edge_weight: Tensor, size: tuple[int, int]) -> None:
+    """Raises ``ValueError`` unless ``edge_index`` is ``[2, E]``, ``edge_weight`` ``[E]`` and
+    ``size`` a pair."""
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f'edge_index must have shape [2, E], got {list(edge_index.shape)}')
     if edge_weight.shape != (edge_index.size(1), ):
