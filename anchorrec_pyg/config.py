@@ -151,13 +151,13 @@ class TrainConfig:
         num_threads: CPU threads for torch; ``None`` keeps torch's default.
         checkpoint_every: Write the resumable checkpoint every this many epochs (and at the end).
     """
-    epochs: int = 15
+    epochs: int = 40
     batch_size: int = 2048
     lr: float = 0.005
     lr_decay: float = 0.96
     lr_decay_every: float = 50.0
     eval_every: int = 1
-    patience: Optional[int] = 5
+    patience: Optional[int] = 10
     device: str = 'auto'
     num_threads: Optional[int] = None
     checkpoint_every: int = 1

@@ -110,9 +110,12 @@ class AnchorRec(RecModel):
                 (published code leaves it out: ``False``).
             feature_layernorm: LayerNorm on each feature table before its projection (published
                 ``use_ln``, off).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`);
-                ``'fast'`` (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes the same
-                products as the ``'pyg'`` reference, faster.
+            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
+                ``'pyg'`` (default) is the reference and reproducible bit for bit from run to run
+                on CPU. ``'fast'`` (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes
+                the same products about 1.5x faster per epoch, but its CPU kernels (MKL sparse)
+                are not bitwise reproducible across processes: two runs with one seed agree only
+                to about 1e-7 in the loss, which can move late-epoch metrics in the 4th digit.
             similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
                 full ``I x I`` raw cosine-similarity matrices behind AMP's targets instead of
                 computing each batch's block (widest feature table first, see
@@ -140,7 +143,7 @@ class AnchorRec(RecModel):
         freeze_features: bool = False
         fuse_image_view: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'fast'
+        propagation: str = 'pyg'
         similarity_cache_mb: float = 256.0
 
         def validate(self) -> None:
