@@ -185,7 +185,9 @@ class AlignRec(RecModel):
                 self.info_nce(h_items[pos], c[num_users:][pos]) +
                 self.info_nce(out.views['H_mm_user'][users], c[:num_users][users]))
         if cfg.sim_weight > 0:
-            target = self.raw_similarity(data, 'mm', pos, cfg.similarity_cache_mb)
+            fits = self.num_items**2 * data['item'].x_mm.element_size() <= (
+                cfg.similarity_cache_mb * 2**20)
+            target = self.raw_similarity(data, 'mm', pos, cache=fits)
             terms['sim'] = cfg.sim_weight * self.sim(h_items[pos], target.to(h_items.dtype))
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

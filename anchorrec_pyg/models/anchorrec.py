@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -37,7 +36,6 @@ from anchorrec_pyg.losses import (
     CosineMarginLoss,
     EmbeddingL2Loss,
     GraphSmoothnessLoss,
-    cosine_similarity_matrix,
 )
 from anchorrec_pyg.models.base import (
     MODALITIES,
@@ -45,7 +43,6 @@ from anchorrec_pyg.models.base import (
     RecModel,
     RecOutput,
     node_rows,
-    require_item_features,
 )
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
@@ -302,8 +299,9 @@ class AnchorRec(RecModel):
             # sim(E, S) is invariant to permuting E's rows together with S's rows and columns;
             # in sorted order the gathers from the cached I x I similarities are near-sequential
             items = pos.sort().values
+            cached = self.cached_similarities(data)
             embeddings = {m: out.views[f'H_{m}'][items] for m in MODALITIES}
-            targets = {m: self._raw_similarity(data, m, items).to(out.item.dtype)
+            targets = {m: self.raw_similarity(data, m, items, m in cached).to(out.item.dtype)
                        for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
@@ -330,23 +328,3 @@ class AnchorRec(RecModel):
                 cached.append(m)
                 budget -= size
         return tuple(cached)
-
-    def _raw_similarity(self, data: HeteroData, modality: str, items: Tensor) -> Tensor:
-        """Cosine similarities of the raw feature rows ``items`` (AMP's target ``S``).
-
-        For the modalities of :meth:`cached_similarities` the full ``I x I`` matrix is computed
-        once and the batch block gathered from it (``items`` sorted keeps the gather
-        near-sequential); for the others the normalised table is cached and the block computed
-        from the batch's distinct rows.
-        """
-        require_item_features(data, (modality, ), type(self).__name__)
-        table = data['item'][f'x_{modality}']
-        if modality in self.cached_similarities(data):
-            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
-                                        lambda: cosine_similarity_matrix(table.detach()))
-            return full[items[:, None], items[None, :]]
-        unit = self.graph_cache.get(f'unit_{modality}', (table, ),
-                                    lambda: F.normalize(table.detach(), dim=-1))
-        distinct, inverse = torch.unique(items, return_inverse=True)
-        rows = unit[distinct]
-        return (rows @ rows.t())[inverse[:, None], inverse[None, :]]

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
+from anchorrec_pyg.losses import cosine_similarity_matrix
 from anchorrec_pyg.nn.lightgcn import user_item_adjacency
 from anchorrec_pyg.nn.propagation import Adjacency, PropagationBackend, TensorCache
 
@@ -263,22 +264,23 @@ class RecModel(torch.nn.Module, ABC):
             lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
 
     def raw_similarity(self, data: HeteroData, modality: str, items: Tensor,
-                       cache_mb: float) -> Tensor:
+                       cache: bool) -> Tensor:
         """Cosine similarities of the raw feature rows ``items`` of ``data['item'].x_<modality>``
         (the target ``S`` of the similarity-preservation terms, SPEC §4 AMP and §7).
 
-        The normalised table is computed once per data tensor. When the full ``I x I`` matrix
-        fits ``cache_mb`` MiB it is computed once too and the batch block gathered from it;
-        otherwise the block is computed from the batch's distinct rows (same values).
+        With ``cache`` the full ``I x I`` matrix is computed once per data tensor and the batch
+        block gathered from it (``items`` sorted keeps the gather near-sequential); otherwise the
+        normalised table is cached and the block computed from the batch's distinct rows. The
+        values are the same either way: ``cache`` trades memory for recomputation.
         """
         require_item_features(data, (modality, ), type(self).__name__)
         table = data['item'][f'x_{modality}']
+        if cache:
+            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
+                                        lambda: cosine_similarity_matrix(table.detach()))
+            return full[items[:, None], items[None, :]]
         unit = self.graph_cache.get(f'unit_{modality}', (table, ),
                                     lambda: torch.nn.functional.normalize(table.detach(), dim=-1))
-        if unit.size(0)**2 * unit.element_size() <= cache_mb * 2**20:
-            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
-                                        lambda: unit @ unit.t())
-            return full[items[:, None], items[None, :]]
         distinct, inverse = torch.unique(items, return_inverse=True)
         rows = unit[distinct]
         return (rows @ rows.t())[inverse[:, None], inverse[None, :]]
