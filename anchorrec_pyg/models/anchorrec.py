@@ -108,11 +108,12 @@ class AnchorRec(RecModel):
             feature_layernorm: LayerNorm on each feature table before its projection (published
                 ``use_ln``, off).
             propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
-                ``'pyg'`` (default) is the reference and reproducible bit for bit from run to run
-                on CPU. ``'fast'`` (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes
-                the same products about 1.5x faster per epoch, but its CPU kernels (MKL sparse)
-                are not bitwise reproducible across processes: two runs with one seed agree only
-                to about 1e-7 in the loss, which can move late-epoch metrics in the 4th digit.
+                ``'pyg'`` (default) is the reference; on an idle CPU two processes with one seed
+                gave bitwise-equal histories with it. ``'fast'``
+                (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes the same products
+                about 1.5x faster per epoch, but its CPU kernels (MKL sparse) round differently
+                from run to run (~1e-8 in the loss), which can move late-epoch metrics in the 4th
+                digit.
             similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
                 full ``I x I`` raw cosine-similarity matrices behind AMP's targets instead of
                 computing each batch's block (widest feature table first, see
