@@ -33,7 +33,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import (
     BPRLoss,
     CosineDistanceLoss,
@@ -41,7 +40,8 @@ from anchorrec_pyg.losses import (
     InfoNCE,
     SimilarityPreservationLoss,
 )
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, node_rows,
+                                       require_knn_graphs)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv
 from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
@@ -118,9 +118,7 @@ class AlignRec(RecModel):
     def __init__(self, data: HeteroData, config: AlignRec.Config | None = None) -> None:
         super().__init__(data, config if config is not None else self.Config())
         cfg = self.config
-        if ('item', 'similar_mm', 'item') not in data.edge_types:
-            raise DataError("AlignRec needs the ('item', 'similar_mm', 'item') kNN edges; the "
-                            'dataset has none')
+        require_knn_graphs(data, ('mm', ), 'AlignRec')
         d = cfg.embedding_dim
         self.propagation = get_backend(cfg.propagation)
         self.user_embedding = torch.nn.Embedding(self.num_users, d)

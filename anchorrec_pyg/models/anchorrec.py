@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import (
     AALLoss,
     AMPLoss,
@@ -42,7 +41,9 @@ from anchorrec_pyg.models.base import (
     ModelConfig,
     RecModel,
     RecOutput,
+    feature_copies,
     node_rows,
+    require_knn_graphs,
 )
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
@@ -163,19 +164,12 @@ class AnchorRec(RecModel):
     def __init__(self, data: HeteroData, config: AnchorRec.Config | None = None) -> None:
         super().__init__(data, config if config is not None else self.Config())
         cfg = self.config
-        for m in MODALITIES:
-            if ('item', f'similar_{m}', 'item') not in data.edge_types:
-                raise DataError(f"AnchorRec needs the ('item', 'similar_{m}', 'item') kNN edges; "
-                                'the dataset has none')
+        require_knn_graphs(data, MODALITIES, 'AnchorRec')
         d = cfg.embedding_dim
         self.propagation = get_backend(cfg.propagation)
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
-        self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float(),
-                                  requires_grad=not cfg.freeze_features)
-            for m in MODALITIES
-        })
+        self.features = feature_copies(data, MODALITIES, trainable=not cfg.freeze_features)
         self.encoder = LightGCNEncoder(cfg.n_ui_layers)
         self.modality_convs = torch.nn.ModuleDict({
             m: ModalityConv(self.features[m].size(1), d, cfg.n_layers, cfg.feature_layernorm)

@@ -53,6 +53,8 @@ __all__ = [
     'node_ids',
     'node_rows',
     'require_item_features',
+    'require_knn_graphs',
+    'feature_copies',
 ]
 
 #: The modalities of SPEC §1 and the ``HeteroData`` attribute of each (``data['item'].x_<m>``).
@@ -165,6 +167,25 @@ def require_item_features(data: HeteroData, modalities: tuple[str, ...], model: 
             have = ', '.join(present) if present else 'no feature tables'
             raise DataError(f"{model} needs item features 'x_{m}' ({MODALITY_FILES[m]}); "
                             f'the dataset has: {have}')
+
+
+def require_knn_graphs(data: HeteroData, modalities: tuple[str, ...], model: str) -> None:
+    """Raises a one-line :class:`DataError` naming the first missing kNN edge type."""
+    for m in modalities:
+        if ('item', f'similar_{m}', 'item') not in data.edge_types:
+            raise DataError(f"{model} needs the ('item', 'similar_{m}', 'item') kNN edges; "
+                            'the dataset has none')
+
+
+def feature_copies(data: HeteroData, modalities: tuple[str, ...],
+                   trainable: bool = True) -> torch.nn.ParameterDict:
+    """Parameters initialised from the raw tables ``data['item'].x_<m>`` (float32 copies; with
+    ``trainable=False`` they stay in the ``state_dict`` but get no gradient)."""
+    return torch.nn.ParameterDict({
+        m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float(),
+                              requires_grad=trainable)
+        for m in modalities
+    })
 
 
 def _data_device(data: HeteroData) -> torch.device:

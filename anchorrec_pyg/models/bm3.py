@@ -30,7 +30,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import CosineDistanceLoss, EmbLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, feature_copies, node_rows
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
 
@@ -92,10 +92,7 @@ class BM3(RecModel):
         self.propagation = get_backend(self.config.propagation)
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
-        self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float())
-            for m in FEATURE_MODALITIES
-        })
+        self.features = feature_copies(data, FEATURE_MODALITIES)
         self.feature_maps = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d)
             for m in FEATURE_MODALITIES

@@ -33,7 +33,8 @@ from torch_geometric.utils import degree
 
 from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import BPRLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies, node_rows,
+                                       require_knn_graphs)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
 from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, get_backend
 
@@ -154,18 +155,12 @@ class FREEDOM(RecModel):
     def __init__(self, data: HeteroData, config: FREEDOM.Config | None = None) -> None:
         super().__init__(data, config if config is not None else self.Config())
         cfg = self.config
-        for m in FEATURE_MODALITIES:
-            if ('item', f'similar_{m}', 'item') not in data.edge_types:
-                raise DataError(f"FREEDOM needs the ('item', 'similar_{m}', 'item') kNN edges; "
-                                'the dataset has none')
+        require_knn_graphs(data, FEATURE_MODALITIES, 'FREEDOM')
         d = cfg.embedding_dim
         self.propagation = get_backend(cfg.propagation)
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
-        self.features = torch.nn.ParameterDict({
-            m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float())
-            for m in FEATURE_MODALITIES
-        })
+        self.features = feature_copies(data, FEATURE_MODALITIES)
         self.feature_maps = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d)
             for m in FEATURE_MODALITIES
