@@ -44,7 +44,7 @@ from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, node_ro
                                        require_knn_graphs)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv
-from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+from anchorrec_pyg.nn.propagation import get_backend
 
 __all__ = ['AlignRec']
 
@@ -108,8 +108,6 @@ class AlignRec(RecModel):
             for key in ('reg_weight', 'uia_weight', 'cl_weight', 'sim_weight',
                         'similarity_cache_mb'):
                 self.require(getattr(self, key) >= 0, key, 'must be >= 0')
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ from anchorrec_pyg.models.base import (
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
 from anchorrec_pyg.nn.projection import ProjectionDomain
-from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+from anchorrec_pyg.nn.propagation import get_backend
 
 __all__ = ['AnchorRec']
 
@@ -154,8 +154,6 @@ class AnchorRec(RecModel):
                         'mix_text', 'amp_mm', 'amp_text', 'amp_image', 'smooth_weight',
                         'recover_lambda', 'similarity_cache_mb'):
                 self.require(getattr(self, key) >= 0, key, 'must be >= 0')
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.errors import ConfigError, DataError
 from anchorrec_pyg.losses import cosine_similarity_matrix
 from anchorrec_pyg.nn.lightgcn import user_item_adjacency
-from anchorrec_pyg.nn.propagation import Adjacency, PropagationBackend, TensorCache
+from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, PropagationBackend, TensorCache
 
 __all__ = [
     'MODALITIES',
@@ -84,7 +84,8 @@ class ModelConfig:
 
     On construction every field is checked against its annotated type (``int``, ``float``,
     ``bool``, ``str``; an int is accepted and converted where a float is expected), then
-    :meth:`validate` checks ranges. Errors name the dotted key, e.g. ``model.tau must be > 0``.
+    :meth:`validate` checks ranges; a ``propagation`` field must name a registered backend.
+    Errors name the dotted key, e.g. ``model.tau must be > 0``.
     """
 
     def __post_init__(self) -> None:
@@ -98,6 +99,9 @@ class ModelConfig:
                 raise ConfigError(f'model.{f.name} must be of type {expected.__name__}, '
                                   f'got {value!r}')
         self.validate()
+        if 'propagation' in {f.name for f in dataclasses.fields(self)}:
+            self.require(self.propagation in BACKENDS, 'propagation',
+                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     def validate(self) -> None:
         """Range checks of the subclass; raise :class:`ConfigError` via :meth:`require`."""

@@ -32,7 +32,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.losses import CosineDistanceLoss, EmbLoss
 from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, feature_copies, node_rows
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
-from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+from anchorrec_pyg.nn.propagation import get_backend
 
 __all__ = ['BM3']
 
@@ -79,8 +79,6 @@ class BM3(RecModel):
             self.require(0 <= self.dropout < 1, 'dropout', 'must be in [0, 1)')
             for key in ('reg_weight', 'cl_weight'):
                 self.require(getattr(self, key) >= 0, key, 'must be >= 0')
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:

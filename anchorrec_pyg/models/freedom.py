@@ -36,7 +36,7 @@ from anchorrec_pyg.losses import BPRLoss
 from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies, node_rows,
                                        require_knn_graphs)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
-from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, get_backend
+from anchorrec_pyg.nn.propagation import Adjacency, get_backend
 
 __all__ = ['FREEDOM', 'freedom_item_graph', 'prune_user_item_edges']
 
@@ -145,8 +145,6 @@ class FREEDOM(RecModel):
             self.require(0 <= self.edge_dropout < 1, 'edge_dropout', 'must be in [0, 1)')
             self.require(self.reg_weight >= 0, 'reg_weight', 'must be >= 0')
             self.require(0 <= self.image_weight <= 1, 'image_weight', 'must be in [0, 1]')
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.losses import BPRLoss, EmbeddingL2Loss
 from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
-from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
+from anchorrec_pyg.nn.propagation import get_backend
 
 __all__ = ['LightGCN']
 
@@ -49,8 +49,6 @@ class LightGCN(RecModel):
             self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
             self.require(self.n_layers >= 0, 'n_layers', 'must be >= 0')
             self.require(self.lambda_reg >= 0, 'lambda_reg', 'must be >= 0')
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     def __init__(self, data: HeteroData, config: LightGCN.Config | None = None) -> None:
         super().__init__(data, config if config is not None else self.Config())
