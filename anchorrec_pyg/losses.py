@@ -8,10 +8,13 @@ weights) are constructor arguments with the published defaults.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from anchorrec_pyg.nn.propagation import Adjacency
 
 __all__ = [
     'BPRLoss',
@@ -22,6 +25,7 @@ __all__ = [
     'InfoNCE',
     'AALLoss',
     'SimilarityPreservationLoss',
+    'SimilarityTarget',
     'AMPLoss',
     'GraphSmoothnessLoss',
     'cosine_similarity_matrix',
@@ -129,6 +133,17 @@ class InfoNCE(torch.nn.Module):
     ``b`` in the batch (duplicates included). Computed as a cross-entropy over the logits (the
     log-sum-exp form, numerically stable for small :math:`\tau`).
 
+    With ``counts`` the rows are the :math:`D` distinct items of the batch and :math:`c_k` how
+    often item :math:`k` occurs in it; a duplicated row repeats a row and a column of the
+    logits, so the same value is
+
+    .. math::
+        \frac{1}{\sum_k c_k}\sum_{k=1}^{D} c_k\Big(\log\sum_{l=1}^{D}
+        c_l\,e^{\ell_{kl}} - \ell_{kk}\Big), \qquad \ell_{kl} =
+        \langle\bar{\mathbf{a}}_k, \bar{\mathbf{b}}_l\rangle / \tau,
+
+    from a ``D x D`` instead of an ``n x n`` logit matrix.
+
     Args:
         tau: the temperature :math:`\tau > 0`.
     """
@@ -139,13 +154,21 @@ class InfoNCE(torch.nn.Module):
             raise ValueError(f'tau must be > 0, got {tau}')
         self.tau = tau
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+    def forward(self, a: Tensor, b: Tensor, counts: Tensor | None = None) -> Tensor:
         if a.shape != b.shape:
             raise ValueError(f'InfoNCE views must have the same shape, got {list(a.shape)} '
                              f'and {list(b.shape)}')
-        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / self.tau
+        logits = (F.normalize(a, dim=-1) / self.tau) @ F.normalize(b, dim=-1).t()
         target = torch.arange(a.size(0), device=a.device)
-        return F.cross_entropy(logits, target)
+        if counts is None:
+            return F.cross_entropy(logits, target)
+        if counts.shape != (a.size(0), ):
+            raise ValueError(f'counts must have shape [{a.size(0)}], got {list(counts.shape)}')
+        weight = counts.to(logits.dtype)
+        log_weight = weight.log()
+        # cross_entropy(l + log c) = log sum_l c_l e^{l_kl} - l_kk - log c_k
+        per_row = F.cross_entropy(logits + log_weight, target, reduction='none') + log_weight
+        return (weight * per_row).sum() / weight.sum()
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}'
@@ -170,8 +193,11 @@ class AALLoss(torch.nn.Module):
         super().__init__()
         self.info_nce = InfoNCE(tau)
 
-    def forward(self, h_mm: Tensor, h_id: Tensor, h_mix: Tensor) -> Tensor:
-        return self.info_nce(h_mm, h_id) + self.info_nce(h_mm.detach(), h_mix)
+    def forward(self, h_mm: Tensor, h_id: Tensor, h_mix: Tensor,
+                counts: Tensor | None = None) -> Tensor:
+        """``counts``: the rows are distinct items with these multiplicities (see
+        :class:`InfoNCE`)."""
+        return self.info_nce(h_mm, h_id, counts) + self.info_nce(h_mm.detach(), h_mix, counts)
 
 
 def cosine_similarity_matrix(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -179,6 +205,32 @@ def cosine_similarity_matrix(x: Tensor, eps: float = 1e-12) -> Tensor:
     ``x`` (a zero row has similarity 0 to every row)."""
     x = F.normalize(x, dim=-1, eps=eps)
     return x @ x.t()
+
+
+@dataclass
+class SimilarityTarget:
+    r"""The target :math:`\mathbf{S}` of :class:`SimilarityPreservationLoss` for a batch of
+    :math:`n` rows over :math:`D` distinct items, in a form that never builds an ``n x n`` matrix.
+
+    Attributes:
+        counts: ``[D]``, how many times each distinct item occurs in the batch
+            (:math:`n = \sum_a c_a`).
+        block: ``[D, D]``, :math:`\mathbf{S}` restricted to the distinct items, or ``None``.
+        unit_rows: ``[D, f]``, the L2-normalised raw feature rows :math:`\bar{\mathbf{X}}` of the
+            distinct items (:math:`\mathbf{S} = \bar{\mathbf{X}}\bar{\mathbf{X}}^\top`), used
+            when ``block`` is ``None``.
+    """
+
+    counts: Tensor
+    block: Tensor | None = None
+    unit_rows: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        num = self.counts.numel()
+        if self.block is not None and tuple(self.block.shape) != (num, num):
+            raise ValueError(f'block must be [{num}, {num}], got {list(self.block.shape)}')
+        if self.block is None and (self.unit_rows is None or self.unit_rows.size(0) != num):
+            raise ValueError(f'a SimilarityTarget needs block or unit_rows with {num} rows')
 
 
 class SimilarityPreservationLoss(torch.nn.Module):
@@ -191,13 +243,61 @@ class SimilarityPreservationLoss(torch.nn.Module):
     the Frobenius norm, *not* squared, of the difference between the Gram matrix of the (not
     normalised) embedding rows and a target similarity matrix, divided by the number of rows
     ``n`` (duplicates kept). ``S`` is a constant target (detached).
+
+    Two call forms give the same value:
+
+    * ``loss(E, S)`` with the ``n`` batch rows and the dense ``n x n`` target (the reference);
+    * ``loss(E_D, target)`` with the :math:`D` distinct rows and a :class:`SimilarityTarget`
+      holding their counts :math:`\mathbf{c}` (:math:`\mathbf{W} = \mathrm{diag}(\mathbf{c})`).
+      A duplicated row repeats its row and column of the difference, so with the expansion
+      :math:`\|\mathbf{M}\|_F^2` of the weighted difference
+      :math:`\mathbf{M} = \mathbf{W}^{1/2}(\mathbf{E}_D\mathbf{E}_D^\top - \mathbf{S}_D)
+      \mathbf{W}^{1/2}`
+
+      .. math::
+          \|\mathbf{E}_D^\top\mathbf{W}\mathbf{E}_D\|_F^2
+          - 2\,\langle \mathbf{S}_D\mathbf{W}\mathbf{E}_D, \mathbf{W}\mathbf{E}_D\rangle
+          + \mathbf{c}^\top(\mathbf{S}_D \odot \mathbf{S}_D)\,\mathbf{c},
+
+      where, from the unit feature rows (:math:`\mathbf{S}_D = \bar{\mathbf{X}}\bar{\mathbf{X}}^\top`),
+      the last two terms are :math:`\|\bar{\mathbf{X}}^\top\mathbf{W}\mathbf{E}_D\|_F^2` and
+      :math:`\|\bar{\mathbf{X}}^\top\mathbf{W}\bar{\mathbf{X}}\|_F^2` (through the block
+      instead when :math:`D < f`, the cheaper order). Only ``d x d``, ``f x d`` and ``D x D`` (or ``f x f``) products are formed:
+      no ``n x n`` matrix, about ``n / d`` times less work than the reference for the Gram term.
+      The three sums are accumulated in float64, so the cancellation of the expansion costs no
+      accuracy in float32 training.
     """
 
-    def forward(self, embedding: Tensor, target: Tensor) -> Tensor:
+    def forward(self, embedding: Tensor, target: Tensor | SimilarityTarget) -> Tensor:
+        if isinstance(target, SimilarityTarget):
+            return self._factored(embedding, target)
         n = embedding.size(0)
         if target.shape != (n, n):
             raise ValueError(f'target must be [{n}, {n}], got {list(target.shape)}')
         return torch.linalg.matrix_norm(embedding @ embedding.t() - target.detach()) / n
+
+    @staticmethod
+    def _factored(embedding: Tensor, target: SimilarityTarget) -> Tensor:
+        counts = target.counts.to(embedding.dtype)
+        if embedding.size(0) != counts.numel():
+            raise ValueError(f'the embedding has {embedding.size(0)} rows but the target '
+                             f'{counts.numel()} distinct items')
+        weighted = counts[:, None] * embedding
+        gram = (embedding.t() @ weighted).double().square().sum()
+        block = None if target.block is None else target.block.detach().to(embedding.dtype)
+        unit = None if target.unit_rows is None else target.unit_rows.detach().to(embedding.dtype)
+        if block is None and unit.size(0) < unit.size(1):  # D^2 f < D f^2: form the block
+            block = unit @ unit.t()
+        if block is not None:
+            cross = ((block @ weighted).double() * weighted.double()).sum()
+            with torch.no_grad():
+                const = ((block.square() @ counts).double() * counts.double()).sum()
+        else:
+            cross = (unit.t() @ weighted).double().square().sum()
+            with torch.no_grad():
+                const = (unit.t() @ (counts[:, None] * unit)).double().square().sum()
+        squared = (gram - 2.0 * cross + const).clamp_min(torch.finfo(torch.float64).tiny)
+        return (squared.sqrt() / counts.sum().double()).to(embedding.dtype)
 
 
 class AMPLoss(torch.nn.Module):
@@ -208,7 +308,8 @@ class AMPLoss(torch.nn.Module):
         \qquad \alpha_{mm} = 1,\ \alpha_{text} = 0.03,\ \alpha_{image} = 0.01,
 
     with :class:`SimilarityPreservationLoss` ``sim`` on each modality's view rows and the cosine
-    similarities of the matching raw feature rows.
+    similarities of the matching raw feature rows (dense ``n x n`` targets with the batch rows,
+    or :class:`SimilarityTarget` objects with the distinct rows).
 
     Args:
         weights: :math:`\alpha_m` by modality name (published: mm 1, text 0.03, image 0.01).
@@ -223,7 +324,8 @@ class AMPLoss(torch.nn.Module):
         })
         self.sim = SimilarityPreservationLoss()
 
-    def forward(self, embeddings: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, embeddings: Mapping[str, Tensor],
+                targets: Mapping[str, Tensor | SimilarityTarget]) -> Tensor:
         missing = [m for m in self.weights if m not in embeddings or m not in targets]
         if missing:
             raise ValueError(f'AMPLoss needs embeddings and targets for {missing}')
@@ -240,8 +342,28 @@ class GraphSmoothnessLoss(torch.nn.Module):
     .. math::
         \mathcal{L}_{smooth} = \frac{1}{|\mathcal{E}|}\sum_{(j \rightarrow i, w)\in\mathcal{E}}
         w\,\|\mathbf{x}_i - \mathbf{x}_j\|^2.
+
+    Given the graph's operator ``adj`` (:math:`\mathbf{A}`, rows = targets, from any propagation
+    backend), the same sum is computed through its expansion
+
+    .. math::
+        \sum_i (r_i + s_i)\,\|\mathbf{x}_i\|^2 - 2\sum_i \langle\mathbf{x}_i,
+        (\mathbf{A}\mathbf{x})_i\rangle, \qquad r_i = \sum_{(j \rightarrow i, w)} w,\quad
+        s_j = \sum_{(j \rightarrow i, w)} w,
+
+    one sparse product instead of gathering and differencing both ends of every edge (about
+    ten times less memory traffic for a kNN graph). It runs in float64, so that the cancellation
+    of the expansion (neighbours' embeddings are close) costs no accuracy; without ``adj`` the
+    edge-wise sum above is computed directly.
     """
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
-        diff = x[edge_index[1]] - x[edge_index[0]]
-        return (edge_weight.to(x.dtype) * diff.pow(2).sum(dim=-1)).mean()
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor,
+                adj: Adjacency | None = None) -> Tensor:
+        if adj is None:
+            diff = x.index_select(0, edge_index[1]) - x.index_select(0, edge_index[0])
+            return (edge_weight.to(x.dtype) * diff.pow(2).sum(dim=-1)).mean()
+        x64, weight = x.double(), edge_weight.detach().double()
+        degree = (torch.zeros(x.size(0), dtype=torch.float64, device=x.device)
+                  .index_add_(0, edge_index[1], weight).index_add_(0, edge_index[0], weight))
+        total = (degree * x64.square().sum(dim=-1)).sum() - 2.0 * (x64 * (adj @ x64)).sum()
+        return (total / edge_index.size(1)).to(x.dtype)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
 from anchorrec_pyg.losses import (
     AALLoss,
     AMPLoss,
@@ -14,6 +15,7 @@ from anchorrec_pyg.losses import (
     GraphSmoothnessLoss,
     InfoNCE,
     SimilarityPreservationLoss,
+    SimilarityTarget,
     cosine_similarity_matrix,
 )
 
@@ -144,3 +146,104 @@ def test_graph_smoothness_by_hand():
     edge_weight = torch.tensor([0.5, 2.0, 1.0])
     expected = (0.5 * 2.0 + 2.0 * 9.0 + 1.0 * 0.0) / 3
     assert GraphSmoothnessLoss()(x, edge_index, edge_weight).item() == pytest.approx(expected)
+    for name in sorted(BACKENDS):  # the expansion through each backend's operator
+        adj = get_backend(name).adjacency(edge_index, edge_weight, (3, 3))
+        assert GraphSmoothnessLoss()(x, edge_index, edge_weight, adj).item() == pytest.approx(
+            expected)
+
+
+@pytest.mark.parametrize('backend', sorted(BACKENDS))
+def test_graph_smoothness_expansion_matches_edge_sum_values_and_gradients(backend):
+    """On a random kNN-like graph (self loops, isolated nodes), in float32
+    with neighbours nearly equal (where the expansion cancels): the float64 expansion agrees
+    with the float64 edge sum in value and gradient."""
+    gen = torch.Generator().manual_seed(0)
+    edge_index = torch.randint(0, 40, (2, 300), generator=gen).unique(dim=1)
+    edge_weight = torch.rand(edge_index.size(1), generator=gen)
+    base = torch.randn(1, 8, generator=gen)
+    x = (base + 1e-3 * torch.randn(45, 8, generator=gen)).requires_grad_()  # 40..44 isolated
+    x64 = x.detach().double().requires_grad_()
+    reference = GraphSmoothnessLoss()(x64, edge_index, edge_weight.double())
+    reference.backward()
+    adj = get_backend(backend).adjacency(edge_index, edge_weight, (45, 45))
+    loss = GraphSmoothnessLoss()(x, edge_index, edge_weight, adj)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize('form', ['block', 'unit_wide', 'unit_narrow'])
+def test_similarity_preservation_factored_equals_dense_with_duplicates(form):
+    """The distinct-rows form (counts + block or unit feature rows) gives the dense n x n value
+    and gradient, duplicates included; 'unit_wide' (f > D) goes through the D x D block,
+    'unit_narrow' (f < D) through the f x f Gram matrix."""
+    gen = torch.Generator().manual_seed(0)
+    width = {'block': 6, 'unit_wide': 9, 'unit_narrow': 3}[form]
+    items = torch.tensor([4, 1, 4, 0, 2, 4, 1, 3])  # n = 8 rows, D = 5 distinct items
+    table = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    feats = torch.randn(5, width, dtype=torch.float64, generator=gen)
+    unit = torch.nn.functional.normalize(feats, dim=-1)
+
+    dense_e = table.clone().requires_grad_()
+    dense = SimilarityPreservationLoss()(dense_e[items], cosine_similarity_matrix(feats[items]))
+    dense.backward()
+
+    distinct, counts = torch.unique(items, return_counts=True)
+    target = (SimilarityTarget(counts, block=unit[distinct] @ unit[distinct].t())
+              if form == 'block' else SimilarityTarget(counts, unit_rows=unit[distinct]))
+    factored_e = table.clone().requires_grad_()
+    factored = SimilarityPreservationLoss()(factored_e[distinct], target)
+    factored.backward()
+    torch.testing.assert_close(factored, dense)
+    torch.testing.assert_close(factored_e.grad, dense_e.grad)
+
+
+def test_similarity_preservation_factored_float32_matches_float64_reference():
+    """The float64 accumulation keeps float32 within 1e-5 of the exact value, also when E E^T
+    nearly equals S (the expansion cancels)."""
+    gen = torch.Generator().manual_seed(1)
+    items = torch.randint(0, 300, (512, ), generator=gen)
+    unit = torch.nn.functional.normalize(torch.randn(300, 48, generator=gen, dtype=torch.float64),
+                                         dim=-1)
+    distinct, counts = torch.unique(items, return_counts=True)
+    for noise in (1.0, 1e-2):  # E = unit rows + noise: E E^T close to S for small noise
+        e = unit + noise * torch.randn(300, 48, generator=gen, dtype=torch.float64)
+        exact = SimilarityPreservationLoss()(e[items], unit[items] @ unit[items].t())
+        fast = SimilarityPreservationLoss()(
+            e.float()[distinct], SimilarityTarget(counts, unit_rows=unit.float()[distinct]))
+        assert fast.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_similarity_target_checks_its_shapes():
+    with pytest.raises(ValueError, match='block'):
+        SimilarityTarget(torch.ones(3), block=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match='unit_rows'):
+        SimilarityTarget(torch.ones(3))
+    with pytest.raises(ValueError, match='distinct'):
+        SimilarityPreservationLoss()(torch.zeros(2, 4), SimilarityTarget(
+            torch.ones(3), unit_rows=torch.zeros(3, 4)))
+
+
+def test_info_nce_with_counts_equals_the_duplicated_batch():
+    """Distinct rows with multiplicities give the value and gradients of the n-row batch in
+    which every duplicate is both a positive and a negative (SPEC §4)."""
+    gen = torch.Generator().manual_seed(3)
+    items = torch.tensor([2, 0, 2, 1, 2, 0])
+    a_table = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    b_table = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    nce = InfoNCE(0.3)
+    a1, b1 = a_table.clone().requires_grad_(), b_table.clone().requires_grad_()
+    dense = nce(a1[items], b1[items])
+    dense.backward()
+    distinct, counts = torch.unique(items, return_counts=True)
+    a2, b2 = a_table.clone().requires_grad_(), b_table.clone().requires_grad_()
+    weighted = nce(a2[distinct], b2[distinct], counts)
+    weighted.backward()
+    torch.testing.assert_close(weighted, dense)
+    torch.testing.assert_close(a2.grad, a1.grad)
+    torch.testing.assert_close(b2.grad, b1.grad)
+    ones = torch.ones(3, dtype=torch.long)  # all counts 1: the plain form
+    torch.testing.assert_close(nce(a_table, b_table, ones), nce(a_table, b_table))
+    with pytest.raises(ValueError, match='counts'):
+        nce(a_table, b_table, counts[:2])

@@ -41,7 +41,7 @@ from anchorrec_pyg.losses import (
     SimilarityPreservationLoss,
 )
 from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, node_rows,
-                                       require_knn_graphs)
+                                       require_knn_graphs, rows)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv
 from anchorrec_pyg.nn.propagation import get_backend
@@ -165,7 +165,7 @@ class AlignRec(RecModel):
         ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
         """
         cfg = self.config
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
         zero = out.user.new_zeros(())
         terms = dict.fromkeys(LOSS_TERMS, zero)
         terms['bpr'] = self.bpr((u * p).sum(-1), (u * n).sum(-1))
@@ -178,12 +178,13 @@ class AlignRec(RecModel):
             c = out.views['C']
             num_users = out.user.size(0)
             terms['cca'] = cfg.cl_weight * (
-                self.info_nce(h_items[pos], c[num_users:][pos]) +
-                self.info_nce(out.views['H_mm_user'][users], c[:num_users][users]))
+                self.info_nce(rows(h_items, pos), rows(c[num_users:], pos)) +
+                self.info_nce(rows(out.views['H_mm_user'], users), rows(c[:num_users], users)))
         if cfg.sim_weight > 0:
             fits = self.num_items**2 * data['item'].x_mm.element_size() <= (
                 cfg.similarity_cache_mb * 2**20)
-            target = self.raw_similarity(data, 'mm', pos, cache=fits)
-            terms['sim'] = cfg.sim_weight * self.sim(h_items[pos], target.to(h_items.dtype))
+            distinct, counts = torch.unique(pos, return_counts=True)
+            target = self.similarity_target(data, 'mm', distinct, counts, fits, h_items.dtype)
+            terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

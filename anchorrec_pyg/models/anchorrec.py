@@ -44,6 +44,7 @@ from anchorrec_pyg.models.base import (
     feature_copies,
     node_rows,
     require_knn_graphs,
+    rows,
 )
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
@@ -120,6 +121,10 @@ class AnchorRec(RecModel):
                 computing each batch's block (widest feature table first, see
                 :meth:`AnchorRec.cached_similarities`); trades memory for recomputation, the
                 targets are the same (0: compute every block).
+            feature_grad_buffer: compute the gradients of the trainable feature tables into
+                buffers kept between steps (:mod:`anchorrec_pyg.nn.feature_grad`): the same
+                values without allocating (and page-faulting) the ``I x f`` gradients every
+                step; a table's gradient tensor is overwritten by the next backward pass.
         """
 
         embedding_dim: int = 64
@@ -142,8 +147,9 @@ class AnchorRec(RecModel):
         freeze_features: bool = False
         fuse_image_view: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
         similarity_cache_mb: float = 256.0
+        feature_grad_buffer: bool = True
 
         def validate(self) -> None:
             self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
@@ -170,7 +176,8 @@ class AnchorRec(RecModel):
         self.features = feature_copies(data, MODALITIES, trainable=not cfg.freeze_features)
         self.encoder = LightGCNEncoder(cfg.n_ui_layers)
         self.modality_convs = torch.nn.ModuleDict({
-            m: ModalityConv(self.features[m].size(1), d, cfg.n_layers, cfg.feature_layernorm)
+            m: ModalityConv(self.features[m].size(1), d, cfg.n_layers, cfg.feature_layernorm,
+                            cfg.feature_grad_buffer)
             for m in MODALITIES
         })
         self.projection = ProjectionDomain(d, self.features['text'].size(1),
@@ -230,7 +237,8 @@ class AnchorRec(RecModel):
 
     def project(self, data: HeteroData, out: RecOutput,
                 items: Tensor | None = None) -> dict[str, Tensor]:
-        r"""Projection-domain views of ``items`` (all items when ``None``), for the analyses.
+        r"""Projection-domain views of ``items`` (all items when ``None``): AAL's inputs and the
+        analyses' spaces.
 
         Returns ``'h_id'`` (:math:`W_{id}(\mathbf{C}_{items})`), ``'h_mm'``
         (:math:`W_{mm}(\mathbf{H}_{mm})`), ``'h_text'`` (:math:`W_t` of the raw text rows),
@@ -240,23 +248,18 @@ class AnchorRec(RecModel):
         c_items = out.views['C'][num_users:]
         anchor = out.views['h_mm']
         text, image = data['item'].x_text, data['item'].x_image
-        inverse = None
         if items is not None:
-            # each distinct item is projected once; duplicates are gathered afterwards
-            items, inverse = torch.unique(items, return_inverse=True)
-            c_items, anchor, text, image = c_items[items], anchor[items], text[items], image[items]
+            c_items, anchor = rows(c_items, items), rows(anchor, items)
+            text, image = rows(text, items), rows(image, items)
         h_text = self.projection.project_text(text.to(c_items.dtype))
         h_image = self.projection.project_image(image.to(c_items.dtype))
-        views = {
+        return {
             'h_id': self.projection.project_id(c_items),
             'h_mm': anchor,
             'h_text': h_text,
             'h_image': h_image,
             'h_mix': self.projection.mix_image * h_image + self.projection.mix_text * h_text,
         }
-        if inverse is not None:
-            views = {key: value[inverse] for key, value in views.items()}
-        return views
 
     def loss(
         self,
@@ -275,7 +278,7 @@ class AnchorRec(RecModel):
         ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
         """
         cfg = self.config
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
         zero = out.user.new_zeros(())
         terms = dict.fromkeys(LOSS_TERMS, zero)
 
@@ -284,24 +287,25 @@ class AnchorRec(RecModel):
             u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
         if cfg.cm_enabled and cfg.cm_weight > 0:
             terms['cm'] = cfg.cm_weight * self.cosine_margin(u, p, n)
+        if cfg.aal_weight > 0 or cfg.amp_weight > 0:
+            # both terms are sums over the positives' rows: computed once per distinct item,
+            # weighted by its count (the same values as on the n rows, duplicates included)
+            distinct, counts = torch.unique(pos, return_counts=True)
         if cfg.aal_weight > 0:
-            projected = self.project(data, out, pos)
+            projected = self.project(data, out, distinct)
             terms['aal'] = cfg.aal_weight * self.aal(projected['h_mm'], projected['h_id'],
-                                                     projected['h_mix'])
+                                                     projected['h_mix'], counts)
         if cfg.amp_weight > 0:
-            # sim(E, S) is invariant to permuting E's rows together with S's rows and columns;
-            # in sorted order the gathers from the cached I x I similarities are near-sequential
-            items = pos.sort().values
             cached = self.cached_similarities(data)
-            embeddings = {m: out.views[f'H_{m}'][items] for m in MODALITIES}
-            targets = {m: self.raw_similarity(data, m, items, m in cached).to(out.item.dtype)
-                       for m in MODALITIES}
+            embeddings = {m: rows(out.views[f'H_{m}'], distinct) for m in MODALITIES}
+            targets = {m: self.similarity_target(data, m, distinct, counts, m in cached,
+                                                 out.item.dtype) for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
             knn = data['item', 'similar_mm', 'item']
-            terms['smooth'] = cfg.smooth_weight * self.smoothness(out.views['H_mm'],
-                                                                  knn.edge_index,
-                                                                  knn.edge_weight)
+            terms['smooth'] = cfg.smooth_weight * self.smoothness(
+                out.views['H_mm'], knn.edge_index, knn.edge_weight,
+                self.item_graph(data, 'mm', self.propagation))
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}
 

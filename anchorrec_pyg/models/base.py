@@ -39,7 +39,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.losses import cosine_similarity_matrix
+from anchorrec_pyg.losses import SimilarityTarget, cosine_similarity_matrix
 from anchorrec_pyg.nn.lightgcn import user_item_adjacency
 from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, PropagationBackend, TensorCache
 
@@ -52,6 +52,7 @@ __all__ = [
     'UserItemGraph',
     'node_ids',
     'node_rows',
+    'rows',
     'require_item_features',
     'require_knn_graphs',
     'feature_copies',
@@ -150,12 +151,24 @@ def node_ids(data: HeteroData, node_type: str) -> Tensor:
     return torch.arange(store.num_nodes, device=device)
 
 
+def rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` along the first dimension, through ``index_select``.
+
+    The two give the same values, but their backward passes differ on CPU: ``index_select``
+    accumulates the gradient rows with ``index_add_``, which sums in a fixed order, while the
+    backward of ``table[index]`` (``index_put_`` with ``accumulate=True``) may sum duplicate
+    indices in a thread-dependent order. Models gather every differentiable batch row with this
+    helper, so that one seed gives bitwise-equal runs on a multi-threaded CPU.
+    """
+    return table.index_select(0, index)
+
+
 def node_rows(table: Tensor, data: HeteroData, node_type: str) -> Tensor:
     """The rows of a per-node table (``[num_nodes_total, ...]``) for ``data[node_type]``'s nodes:
     ``table[n_id]`` on a subgraph, the table itself (no copy) otherwise."""
     store = data[node_type]
     if 'n_id' in store:
-        return table[store.n_id]
+        return rows(table, store.n_id)
     if table.size(0) != store.num_nodes:
         raise DataError(f"the data has {store.num_nodes} '{node_type}' nodes but the model was "
                         f'built for {table.size(0)} (pass n_id for a subgraph)')
@@ -288,27 +301,32 @@ class RecModel(torch.nn.Module, ABC):
             f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
             lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
 
-    def raw_similarity(self, data: HeteroData, modality: str, items: Tensor,
-                       cache: bool) -> Tensor:
-        """Cosine similarities of the raw feature rows ``items`` of ``data['item'].x_<modality>``
-        (the target ``S`` of the similarity-preservation terms, SPEC §4 AMP and §7).
+    def similarity_target(self, data: HeteroData, modality: str, distinct: Tensor,
+                          counts: Tensor, cache: bool,
+                          dtype: torch.dtype | None = None) -> SimilarityTarget:
+        """The target ``S`` of the similarity-preservation terms (SPEC §4 AMP, §7): the cosine
+        similarities of the raw feature rows of ``data['item'].x_<modality>``, for a batch whose
+        sorted distinct items are ``distinct`` with multiplicities ``counts``
+        (``torch.unique(items, return_counts=True)``);
+        :class:`~anchorrec_pyg.losses.SimilarityPreservationLoss` takes it with the embedding
+        rows of ``distinct``.
 
-        With ``cache`` the full ``I x I`` matrix is computed once per data tensor and the batch
-        block gathered from it (``items`` sorted keeps the gather near-sequential); otherwise the
-        normalised table is cached and the block computed from the batch's distinct rows. The
-        values are the same either way: ``cache`` trades memory for recomputation.
+        With ``cache`` the full ``I x I`` matrix is computed once per data tensor and the block
+        of the distinct items gathered from it (sorted, so near-sequentially); otherwise the
+        normalised table is cached and the target carries the distinct unit rows. The loss is
+        the same either way: ``cache`` trades memory for recomputation.
         """
         require_item_features(data, (modality, ), type(self).__name__)
         table = data['item'][f'x_{modality}']
         if cache:
             full = self.graph_cache.get(f'similarity_{modality}', (table, ),
                                         lambda: cosine_similarity_matrix(table.detach()))
-            return full[items[:, None], items[None, :]]
+            block = full[distinct[:, None], distinct[None, :]]  # constant: no backward
+            return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
         unit = self.graph_cache.get(f'unit_{modality}', (table, ),
                                     lambda: torch.nn.functional.normalize(table.detach(), dim=-1))
-        distinct, inverse = torch.unique(items, return_inverse=True)
-        rows = unit[distinct]
-        return (rows @ rows.t())[inverse[:, None], inverse[None, :]]
+        unit_rows = unit.index_select(0, distinct)
+        return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit.dtype))
 
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'

@@ -30,7 +30,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import CosineDistanceLoss, EmbLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, feature_copies, node_rows
+from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies,
+                                       node_rows, rows)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import get_backend
 
@@ -141,17 +142,17 @@ class BM3(RecModel):
         with torch.no_grad():
             target_u = F.dropout(online_u.detach(), cfg.dropout)
             target_i = F.dropout(online_i.detach(), cfg.dropout)
-        ti = target_i[pos]
-        ui = (self.distance(out.user[users], ti) +
-              self.distance(out.item[pos], target_u[users]))
+        ti = rows(target_i, pos)
+        ui = (self.distance(rows(out.user, users), ti) +
+              self.distance(rows(out.item, pos), rows(target_u, users)))
         reg = cfg.reg_weight * self.reg(online_u, online_i)
         modal = out.user.new_zeros(())
         distinct, inverse = torch.unique(pos, return_inverse=True)
         for m in FEATURE_MODALITIES:
-            feats = self.feature_maps[m](node_rows(self.features[m], data, 'item')[distinct])
+            feats = self.feature_maps[m](rows(node_rows(self.features[m], data, 'item'), distinct))
             with torch.no_grad():
-                target_f = F.dropout(feats.detach(), cfg.dropout)[inverse]
-            predicted = self.predictor(feats)[inverse]
+                target_f = rows(F.dropout(feats.detach(), cfg.dropout), inverse)
+            predicted = rows(self.predictor(feats), inverse)
             modal = modal + self.distance(predicted, ti) + self.distance(predicted, target_f)
         modal = cfg.cl_weight * modal
         total = ui + reg + modal

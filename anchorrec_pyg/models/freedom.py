@@ -34,7 +34,7 @@ from torch_geometric.utils import degree
 from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import BPRLoss
 from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies, node_rows,
-                                       require_knn_graphs)
+                                       require_knn_graphs, rows)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
 from anchorrec_pyg.nn.propagation import Adjacency, get_backend
 
@@ -228,12 +228,12 @@ class FREEDOM(RecModel):
         """BPR on the final embeddings + ``reg_weight`` times the text and image BPR terms
         (``batch_size`` is not used: FREEDOM has no L2 term). The feature maps are applied to
         the batch's rows only (the same values as mapping the whole table, then indexing)."""
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
         bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
         modal = out.user.new_zeros(())
         for m in FEATURE_MODALITIES:
             table = node_rows(self.features[m], data, 'item')
-            fp, fn = self.feature_maps[m](table[pos]), self.feature_maps[m](table[neg])
+            fp, fn = self.feature_maps[m](rows(table, pos)), self.feature_maps[m](rows(table, neg))
             modal = modal + self.bpr((u * fp).sum(-1), (u * fn).sum(-1))
         modal = self.config.reg_weight * modal
         return bpr + modal, {'bpr': bpr.detach(), 'modal': modal.detach()}

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import BPRLoss, EmbeddingL2Loss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows, rows
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import get_backend
 
@@ -84,7 +84,7 @@ class LightGCN(RecModel):
         neg: Tensor,
         batch_size: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
         bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
         reg = self.config.lambda_reg * self.l2(
             u, p, n, batch_size=batch_size if batch_size is not None else users.numel())

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import BPRLoss, EmbLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows, rows
 
 __all__ = ['VBPR']
 
@@ -101,7 +101,7 @@ class VBPR(RecModel):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """BPR + ``reg_weight * EmbLoss(u, p, n)`` (``batch_size`` is not used: ``EmbLoss``
         divides by the batch's rows, as MMRec's)."""
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
         bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
         reg = self.config.reg_weight * self.reg(u, p, n)
         return bpr + reg, {'bpr': bpr.detach(), 'reg': reg.detach()}

@@ -1,6 +1,7 @@
 """Graph building blocks of AnchorRec: propagation backends, LightGCN, modality convolutions and
 the projection domain."""
 from anchorrec_pyg.nn.fast_csr import CSROperator, CSRSpMM, FastCSRBackend
+from anchorrec_pyg.nn.feature_grad import BufferedGradLinear, GradBuffer, buffered_linear
 from anchorrec_pyg.nn.lightgcn import (
     LightGCNConv,
     LightGCNEncoder,
@@ -40,6 +41,9 @@ __all__ = [
     'LightGCNEncoder',
     'user_item_edges',
     'user_item_adjacency',
+    'BufferedGradLinear',
+    'GradBuffer',
+    'buffered_linear',
     'ModalityGate',
     'ModalityConv',
     'propagate_item_views',

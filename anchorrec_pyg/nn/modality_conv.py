@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from anchorrec_pyg.nn.feature_grad import GradBuffer, buffered_linear
 from anchorrec_pyg.nn.propagation import Adjacency, propagate_many
 
 __all__ = ['ModalityGate', 'ModalityConv', 'propagate_item_views']
@@ -40,13 +41,19 @@ class ModalityGate(torch.nn.Module):
         feature_dim: width of the modality's feature table.
         embedding_dim: d.
         layernorm: apply a LayerNorm to the feature rows before the projection ``P``.
+        grad_buffer: when the features are a trainable leaf table (and no LayerNorm), write
+            their gradient into a buffer kept between steps
+            (:class:`~anchorrec_pyg.nn.feature_grad.BufferedGradLinear`: same values, no
+            per-step allocation of the ``I x f`` gradient).
     """
 
-    def __init__(self, feature_dim: int, embedding_dim: int, layernorm: bool = False) -> None:
+    def __init__(self, feature_dim: int, embedding_dim: int, layernorm: bool = False,
+                 grad_buffer: bool = False) -> None:
         super().__init__()
         self.norm = torch.nn.LayerNorm(feature_dim) if layernorm else torch.nn.Identity()
         self.proj = torch.nn.Linear(feature_dim, embedding_dim)
         self.gate = torch.nn.Linear(embedding_dim, embedding_dim)
+        self.grad_buffer = GradBuffer() if grad_buffer and not layernorm else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -59,7 +66,11 @@ class ModalityGate(torch.nn.Module):
             self.norm.reset_parameters()
 
     def forward(self, item_embedding: Tensor, features: Tensor) -> Tensor:
-        return item_embedding * torch.sigmoid(self.gate(self.proj(self.norm(features))))
+        if self.grad_buffer is not None:
+            projected = buffered_linear(features, self.proj, self.grad_buffer)
+        else:
+            projected = self.proj(self.norm(features))
+        return item_embedding * torch.sigmoid(self.gate(projected))
 
 
 def propagate_item_views(
@@ -95,15 +106,16 @@ class ModalityConv(torch.nn.Module):
         embedding_dim: d.
         num_layers: :math:`n`, kNN propagation steps (SPEC: 1, 2 or 3).
         layernorm: LayerNorm on the feature rows before the projection.
+        grad_buffer: see :class:`ModalityGate`.
     """
 
     def __init__(self, feature_dim: int, embedding_dim: int, num_layers: int = 1,
-                 layernorm: bool = False) -> None:
+                 layernorm: bool = False, grad_buffer: bool = False) -> None:
         super().__init__()
         if num_layers < 0:
             raise ValueError(f'num_layers must be >= 0, got {num_layers}')
         self.num_layers = num_layers
-        self.gated = ModalityGate(feature_dim, embedding_dim, layernorm)
+        self.gated = ModalityGate(feature_dim, embedding_dim, layernorm, grad_buffer)
 
     def reset_parameters(self) -> None:
         self.gated.reset_parameters()
