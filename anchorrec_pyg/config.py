@@ -192,7 +192,7 @@ class EvalConfig:
     """
     ks: List[int] = field(default_factory=lambda: [5, 10, 20, 50])
     metric: str = 'recall@20'
-    batch_size: int = 4096
+    batch_size: int = 1024
 
     def __post_init__(self) -> None:
         _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), 'eval.ks',

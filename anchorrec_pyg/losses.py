@@ -259,11 +259,13 @@ class SimilarityPreservationLoss(torch.nn.Module):
           - 2\,\langle \mathbf{S}_D\mathbf{W}\mathbf{E}_D, \mathbf{W}\mathbf{E}_D\rangle
           + \mathbf{c}^\top(\mathbf{S}_D \odot \mathbf{S}_D)\,\mathbf{c},
 
-      where, from the unit feature rows (:math:`\mathbf{S}_D = \bar{\mathbf{X}}\bar{\mathbf{X}}^\top`),
-      the last two terms are :math:`\|\bar{\mathbf{X}}^\top\mathbf{W}\mathbf{E}_D\|_F^2` and
+      where, from the unit feature rows
+      (:math:`\mathbf{S}_D = \bar{\mathbf{X}}\bar{\mathbf{X}}^\top`), the last two terms are
+      :math:`\|\bar{\mathbf{X}}^\top\mathbf{W}\mathbf{E}_D\|_F^2` and
       :math:`\|\bar{\mathbf{X}}^\top\mathbf{W}\bar{\mathbf{X}}\|_F^2` (through the block
-      instead when :math:`D < f`, the cheaper order). Only ``d x d``, ``f x d`` and ``D x D`` (or ``f x f``) products are formed:
-      no ``n x n`` matrix, about ``n / d`` times less work than the reference for the Gram term.
+      instead when :math:`D < f`, the cheaper order). Only ``d x d``, ``f x d`` and ``D x D``
+      (or ``f x f``) products are formed: no ``n x n`` matrix, about ``n / d`` times less work
+      than the reference for the Gram term.
       The three sums are accumulated in float64, so the cancellation of the expansion costs no
       accuracy in float32 training.
     """

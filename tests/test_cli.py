@@ -180,4 +180,3 @@ def test_table_with_std():
     assert lines[2].split() == ['Recall', '0.2500', '±', '0.0125', '0.2500', '±', '0.0125']
     assert lines[7] == 'test' and len(lines) == 13
     assert '±' not in format_metrics({'valid': metrics}, (10, 20))
-

@@ -313,8 +313,8 @@ class RecModel(torch.nn.Module, ABC):
 
         With ``cache`` the full ``I x I`` matrix is computed once per data tensor and the block
         of the distinct items gathered from it (sorted, so near-sequentially); otherwise the
-        normalised table is cached and the target carries the distinct unit rows. The loss is
-        the same either way: ``cache`` trades memory for recomputation.
+        target carries the distinct rows, normalised. The loss is the same either way: ``cache``
+        trades memory for recomputation.
         """
         require_item_features(data, (modality, ), type(self).__name__)
         table = data['item'][f'x_{modality}']
@@ -323,10 +323,8 @@ class RecModel(torch.nn.Module, ABC):
                                         lambda: cosine_similarity_matrix(table.detach()))
             block = full[distinct[:, None], distinct[None, :]]  # constant: no backward
             return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
-        unit = self.graph_cache.get(f'unit_{modality}', (table, ),
-                                    lambda: torch.nn.functional.normalize(table.detach(), dim=-1))
-        unit_rows = unit.index_select(0, distinct)
-        return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit.dtype))
+        unit_rows = torch.nn.functional.normalize(table.detach().index_select(0, distinct), dim=-1)
+        return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit_rows.dtype))
 
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'

@@ -74,11 +74,39 @@ def metric_keys(ks: Iterable[int]) -> List[str]:
     return [f'{name}@{k}' for name in METRICS for k in ks]
 
 
-def as_score_fn(scorer: Scorer, data: HeteroData) -> ScoreFn:
+class EmbeddingScorer:
+    r"""The score function of final embeddings: ``users -> user[users] @ item.T``.
+
+    Args:
+        user (Tensor): The final user embeddings ``[U, d]``.
+        item (Tensor): The final item embeddings ``[I, d]``.
+        reuse_buffer (bool, optional): Compute every call's scores into one buffer kept between
+            calls (the evaluator consumes each batch before asking for the next): a fresh
+            ``batch x I`` matrix per batch would cost page faults of the same order as the
+            product itself. A returned matrix is then overwritten by the next call.
+            (default: :obj:`False`)
+    """
+    def __init__(self, user: Tensor, item: Tensor, reuse_buffer: bool = False) -> None:
+        self.user, self.item_t = user.detach(), item.detach().t()
+        self.reuse_buffer = reuse_buffer
+        self._buffer: Tensor = self.user.new_empty(0)
+
+    def __call__(self, users: Tensor) -> Tensor:
+        rows = self.user.index_select(0, users.to(self.user.device))
+        if not self.reuse_buffer:
+            return rows @ self.item_t
+        size = rows.size(0) * self.item_t.size(1)
+        if self._buffer.numel() < size:
+            self._buffer = rows.new_empty(size)
+        return torch.mm(rows, self.item_t, out=self._buffer[:size].view(rows.size(0), -1))
+
+
+def as_score_fn(scorer: Scorer, data: HeteroData, reuse_buffer: bool = False) -> ScoreFn:
     r"""Turns a model, a :class:`RecOutput` or a score function into a score function.
 
     A model is run once, in evaluation mode and without gradients, on :obj:`data`; its training
-    mode is restored afterwards.
+    mode is restored afterwards. Embeddings are scored by an :class:`EmbeddingScorer` (with
+    :obj:`reuse_buffer`).
     """
     if isinstance(scorer, torch.nn.Module):
         was_training = scorer.training
@@ -86,10 +114,9 @@ def as_score_fn(scorer: Scorer, data: HeteroData) -> ScoreFn:
         with torch.no_grad():
             out = scorer(data)
         scorer.train(was_training)
-        return as_score_fn(out, data)
+        return as_score_fn(out, data, reuse_buffer)
     if isinstance(scorer, RecOutput):
-        user, item = scorer.user.detach(), scorer.item.detach()
-        return lambda users: user[users.to(user.device)] @ item.T
+        return EmbeddingScorer(scorer.user, scorer.item, reuse_buffer)
     if callable(scorer):
         return scorer
     raise TypeError(f'cannot score with an object of type {type(scorer).__name__}')
@@ -105,14 +132,14 @@ class Evaluator:
         data (HeteroData): The dataset (Contract 1).
         ks (Sequence[int], optional): The cut-offs :math:`K`. (default: :obj:`(5, 10, 20, 50)`)
         batch_size (int, optional): The number of users scored at once; memory is bounded by
-            ``batch_size x I`` scores. (default: :obj:`4096`)
+            ``batch_size x I`` scores. (default: :obj:`1024`)
         progress (bool, optional): Show a progress bar over user batches. (default: :obj:`False`)
     """
     def __init__(
         self,
         data: HeteroData,
         ks: Sequence[int] = (5, 10, 20, 50),
-        batch_size: int = 4096,
+        batch_size: int = 1024,
         progress: bool = False,
     ) -> None:
         if len(ks) == 0 or min(ks) <= 0:
@@ -182,7 +209,7 @@ class Evaluator:
         r"""Returns the top-:obj:`k` items ``[n, k]`` of every user in :obj:`users` and their
         scores, training items excluded unless :obj:`exclude_train` is :obj:`False`. :obj:`k` is
         capped at the number of items."""
-        score_fn = as_score_fn(scorer, data)
+        score_fn = as_score_fn(scorer, data, reuse_buffer=True)
         users = torch.as_tensor(users, dtype=torch.long).view(-1).cpu()
         k = min(int(k), self.num_items)
         items, values = [], []
@@ -204,7 +231,7 @@ class Evaluator:
         'hit@K': ...}`` for every configured :math:`K`, averaged over the users of
         :obj:`split`."""
         users, counts, items = self._labels(split)
-        score_fn = as_score_fn(scorer, data)
+        score_fn = as_score_fn(scorer, data, reuse_buffer=True)
         metrics = LinkPredMetricCollection({
             f'{name}@{k}': cls(k)
             for name, cls in METRICS.items() for k in self.ks
@@ -227,7 +254,7 @@ def evaluate(
     data: HeteroData,
     split: str = 'valid',
     ks: Sequence[int] = (5, 10, 20, 50),
-    batch_size: int = 4096,
+    batch_size: int = 1024,
 ) -> Dict[str, float]:
     r"""Full-ranking metrics of :obj:`scorer` on :obj:`split` (``'valid'`` or ``'test'``).
 
@@ -242,7 +269,7 @@ def rank_topk(
     data: HeteroData,
     users: Union[Tensor, Sequence[int]],
     k: int = 20,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
     exclude_train: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     r"""The top-:obj:`k` recommendations ``(items [n, k], scores [n, k])`` of :obj:`users`,
