@@ -6,20 +6,23 @@ floor of one epoch on this machine.
     python benchmarks/train_epoch.py --dataset default --threads 1
 
 Variants (each in its own process, so that peak RSS is its own): ``reference`` is the PyG
-message-passing backend with PyTorch's per-tensor Adam loop (the code before the speed-ups);
-every registered backend name (``pyg``, ``torch_csr``, ``fast``) runs with the trainer's fused
-Adam; ``name:MB`` sets ``model.similarity_cache_mb`` (the memory budget of the cached raw
-similarity matrices, default 256: the image table's only), e.g. ``fast:0,fast:1024``. A step
-is exactly the trainer's (zero_grad, forward, SPEC §4 loss with the configured B, backward,
-Adam). Because the machine's load changes between processes, ``reference`` and ``fast`` are
-also trained side by side in one process, alternating every step (``--interleave``). With
-``--max-batches N`` only N batches are timed and the epoch time is the first step plus the
-median step times the remaining batches (the first step, which builds the cached similarity
-matrices, is reported apart). Setup = loading the processed dataset (cache hit) + building the
-model; ``process`` = processing the MMRec files from scratch (3 kNN graphs) + building the model.
+message-passing backend with PyTorch's per-tensor Adam loop and no feature-gradient buffer (the
+switchable speed-ups off; the loss-side ones, see ``docs/speed.md``, are always on); every
+registered backend name (``pyg``, ``torch_csr``, ``fast``) runs with the trainer's fused Adam
+and the model's defaults; ``name:MB`` sets ``model.similarity_cache_mb`` (the memory budget of
+the cached raw similarity matrices, default 256: the image table's only), e.g. ``fast:0``;
+a ``+nothp`` suffix runs the variant with ``THP_MEM_ALLOC_ENABLE=0`` (4 KiB pages for large
+tensors). A step is exactly the trainer's (zero_grad, forward, SPEC §4 loss with the configured
+B, backward, Adam). Because the machine's load changes between processes, ``reference`` and
+``fast`` are also trained side by side in one process, alternating every step
+(``--interleave``). With ``--max-batches N`` only N batches are timed and the epoch time is the
+first step plus the median step times the remaining batches (the first step, which builds the
+cached similarity matrices, is reported apart). Setup = loading the processed dataset (cache
+hit) + building the model; ``process`` = processing the MMRec files from scratch (3 kNN graphs)
++ building the model. The validation pass uses the trainer's evaluator (1024 users per batch).
 
 The floor: GEMM GFLOP/s and copy GB/s are measured here; one step's FLOPs and bytes are counted
-from the data's shapes (the arithmetic is printed).
+from the data's shapes and the batch's distinct positives (the arithmetic is printed).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import warnings
 
 import torch
 
-from anchorrec_pyg.config import DataConfig
+from anchorrec_pyg.config import DataConfig, EvalConfig
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.nn.propagation import BACKENDS
 from anchorrec_pyg.train.evaluator import Evaluator
@@ -50,15 +53,17 @@ BATCH = 2048
 
 def build(data, variant: str) -> tuple[AnchorRec, torch.optim.Optimizer]:
     """The model and optimizer of ``variant`` (``reference``, a backend name, ``name:MB``)."""
-    name, _, budget = variant.partition(':')
-    backend = 'pyg' if name == 'reference' else name
-    config = AnchorRec.Config(propagation=backend)
+    name, _, budget = variant.split('+')[0].partition(':')
+    reference = name == 'reference'
+    options = {'propagation': 'pyg' if reference else name}
     if budget:
-        config = AnchorRec.Config(propagation=backend, similarity_cache_mb=float(budget))
+        options['similarity_cache_mb'] = float(budget)
+    if reference:
+        options['feature_grad_buffer'] = False
     torch.manual_seed(0)
-    model = AnchorRec(data, config)
+    model = AnchorRec(data, AnchorRec.Config(**options))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3,
-                                 **({'foreach': False} if name == 'reference' else {'fused': True}))
+                                 **({'foreach': False} if reference else {'fused': True}))
     return model, optimizer
 
 
@@ -111,7 +116,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     steady = statistics.median(steps[1:]) if len(steps) > 1 else steps[0]
     epoch_s = sum(steps) if not args.max_batches else steps[0] + steady * (len(sampler) - 1)
 
-    evaluator = Evaluator(data, (5, 10, 20, 50), 4096)
+    evaluator = Evaluator(data, (5, 10, 20, 50), EvalConfig().batch_size)
     evals = []
     for _ in range(3):
         start = time.perf_counter()
@@ -148,32 +153,37 @@ def measure_machine(threads: int) -> tuple[float, float]:
 
 
 def floor(data, distinct: float, batches: int, gflops: float, gbps: float) -> list[str]:
-    """The printed arithmetic of one epoch's floor (FLOPs at GEMM speed + bytes at copy speed)."""
-    i, d, n = int(data['item'].num_nodes), 64, BATCH
+    """The printed arithmetic of one epoch's floor (FLOPs at GEMM speed + bytes at copy speed)
+    for the computation as implemented: AAL and AMP on the D distinct positives of a batch,
+    AMP's image target from the cached I x I block, mm and text from their f x f Gram matrices
+    (D > f), sparse products and elementwise work not counted."""
+    i, d, n, dd = int(data['item'].num_nodes), 64, BATCH, distinct
     dims = {m: data['item'][f'x_{m}'].size(1) for m in MODALITIES}
     f_all = sum(dims.values())
     params = sum(p.numel() for p in AnchorRec(data, AnchorRec.Config()).parameters())
     gate = 3 * 2 * i * f_all * d  # P_m(F_m): forward, dW, dF (the tables train)
-    heads = 2 * 2 * distinct * (dims['text'] + dims['image']) * d  # W_t, W_v on raw rows: fwd, dW
-    info_nce = 2 * 3 * 2 * n * n * d  # two InfoNCE: logits forward, two backward products
-    amp = 3 * 3 * 2 * n * n * d  # three Gram matrices E E^T: forward, two backward products
-    flops = gate + heads + info_nce + amp
+    heads = 2 * 2 * dd * (dims['text'] + dims['image']) * d  # W_t, W_v on raw rows: fwd, dW
+    info_nce = 2 * 3 * 2 * dd * dd * d  # two InfoNCE on D x D logits: forward, two backward
+    amp_image = 4 * dd * dd * d  # S_D (W E): forward and backward
+    amp_feat = sum(4 * dd * dims[m] * d + 2 * dd * dims[m]**2 for m in ('mm', 'text'))
+    flops = gate + heads + info_nce + amp_image + amp_feat
     adam = params * 4 * 7  # fused Adam reads p, g, m, v and writes p, m, v
     grads = params * 4  # the dense gradient of every parameter is written once
-    amp_bytes = 3 * 6 * n * n * 4  # gather S, E E^T - S, norm, and their backward (n x n each)
-    moved = adam + grads + amp_bytes
+    gathers = 4 * dd * (dd + dims['image'] + dims['text'] + dims['mm'])  # S_D and raw rows
+    moved = adam + grads + gathers
     step = flops / (gflops * 1e9) + moved / (gbps * 1e9)
     return [
         f'GEMM {gflops:.0f} GFLOP/s (7050x4096 @ 4096x64), copy {gbps:.1f} GB/s (256 MiB), '
-        f'I={i}, d={d}, B={n}, feature widths {dims}, distinct positives/batch {distinct:.0f}, '
+        f'I={i}, d={d}, B={n}, feature widths {dims}, distinct positives/batch D={dd:.0f}, '
         f'{params / 1e6:.1f} M parameters',
         f'FLOPs/step: gates 3*2*I*({f_all})*d = {gate / 1e9:.2f} G; AAL heads 2*2*D*'
-        f'({dims["text"]}+{dims["image"]})*d = {heads / 1e9:.2f} G; InfoNCE 2*3*2*B^2*d = '
-        f'{info_nce / 1e9:.2f} G; AMP 3*3*2*B^2*d = {amp / 1e9:.2f} G; total {flops / 1e9:.2f} G'
+        f'({dims["text"]}+{dims["image"]})*d = {heads / 1e9:.2f} G; InfoNCE 2*3*2*D^2*d = '
+        f'{info_nce / 1e9:.2f} G; AMP image 4*D^2*d = {amp_image / 1e9:.2f} G; AMP mm+text '
+        f'sum(4*D*f*d + 2*D*f^2) = {amp_feat / 1e9:.2f} G; total {flops / 1e9:.2f} G'
         f' -> {flops / gflops / 1e9 * 1e3:.0f} ms',
         f'bytes/step: Adam 28*P = {adam / 1e9:.2f} GB; gradients 4*P = {grads / 1e9:.2f} GB; '
-        f'AMP 3*6*B^2*4 = {amp_bytes / 1e9:.2f} GB; total {moved / 1e9:.2f} GB -> '
-        f'{moved / gbps / 1e9 * 1e3:.0f} ms',
+        f'gathers 4*D*(D+f_image+f_text+f_mm) = {gathers / 1e9:.2f} GB; total '
+        f'{moved / 1e9:.2f} GB -> {moved / gbps / 1e9 * 1e3:.0f} ms',
         f'floor: {step * 1e3:.0f} ms/step x {batches} batches = {step * batches:.1f} s/epoch '
         '(sparse products, elementwise ops and the validation pass not counted)',
     ]
@@ -200,7 +210,8 @@ def main() -> None:
     for variant in args.variants.split(','):
         cmd = [sys.executable, __file__, '--child', variant, '--dataset', args.dataset,
                '--threads', str(args.threads), '--max-batches', str(args.max_batches)]
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        env = dict(os.environ, THP_MEM_ALLOC_ENABLE='0' if variant.endswith('+nothp') else '1')
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
 
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ import torch
 from anchorrec_pyg.config import EvalConfig, TrainConfig
 from anchorrec_pyg.errors import CheckpointError
 from anchorrec_pyg.models import LightGCN
-from anchorrec_pyg.train.checkpoint import load_checkpoint
+from anchorrec_pyg.train.checkpoint import best_weights_path, load_checkpoint, load_weights
 from anchorrec_pyg.train.evaluator import evaluate
 from anchorrec_pyg.train.trainer import NonFiniteLossError, Trainer, checkpoint_weights
 
@@ -150,10 +150,39 @@ def test_checkpoint_contents_load_with_weights_only(tiny_data, tmp_path):
     assert partial['rng']['generator'].dtype == torch.uint8
     assert partial['rng']['torch'].dtype == torch.uint8
     assert {'optimizer', 'scheduler', 'best_model', 'history'} <= set(partial)
+    assert partial['best_model'] is None  # the best weights live beside the checkpoint
     state = torch.load(path, weights_only=True)
     assert state['finished'] is True and state['result']['best_epoch'] >= 1
     assert set(checkpoint_weights(state)) == set(trainer.model.state_dict())
-    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+    assert sorted(os.listdir(tmp_path)) == ['run.pt']  # no temporary or best-weights file left
+
+
+def test_best_weights_beside_the_checkpoint_equal_the_in_memory_copy(tiny_data, tmp_path):
+    """With a checkpoint the best weights are written to run.best.pt instead of copied in
+    memory; the run's results and a partial checkpoint's evaluation weights are the same."""
+    path = tmp_path / 'run.pt'
+    in_memory = _trainer(tiny_data, epochs=4).fit()
+    on_disk = _trainer(tiny_data, path=path, epochs=4)
+    seen = {}
+    original = on_disk._save_checkpoint
+
+    def spy(result=None):
+        original(result)
+        if result is None and on_disk.epoch == 2:
+            assert on_disk.best_weights is None
+            state = load_checkpoint(path)
+            weights = checkpoint_weights(state, path)
+            expected = load_weights(best_weights_path(path), state['best']['epoch'])
+            seen['ok'] = all(torch.equal(weights[k], expected[k]) for k in expected)
+            with pytest.raises(CheckpointError, match='epoch'):
+                load_weights(best_weights_path(path), state['best']['epoch'] + 7)
+
+    on_disk._save_checkpoint = spy
+    result = on_disk.fit()
+    assert seen == {'ok': True}
+    assert (result.best_epoch, result.valid, result.test) == (
+        in_memory.best_epoch, in_memory.valid, in_memory.test)
+    assert not best_weights_path(path).exists()
 
 
 def test_resume_with_other_config_is_refused(tiny_data, tmp_path):
@@ -184,6 +213,8 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path, writer):
     assert not os.path.exists(marker)
     with pytest.raises(CheckpointError, match='refused to load.*(GLOBAL posix.mkdir|Unsupported)'):
         load_checkpoint(path)
+    with pytest.raises(CheckpointError, match='refused to load.*(GLOBAL posix.mkdir|Unsupported)'):
+        load_weights(path, 1)  # the best-weights file beside a checkpoint: the same loader
     assert not os.path.exists(marker)
 
 

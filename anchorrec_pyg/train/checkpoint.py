@@ -90,3 +90,41 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if missing:
         raise CheckpointError(f'{path}: checkpoint lacks the key {missing[0]!r}')
     return state
+
+
+def best_weights_path(path: Union[str, os.PathLike]) -> Path:
+    r"""Where a run writes the best-so-far weights next to its checkpoint :obj:`path`
+    (``<name>.best<suffix>``; present only while the run is unfinished)."""
+    path = Path(path)
+    return path.with_name(f'{path.stem}.best{path.suffix}')
+
+
+def save_weights(path: Union[str, os.PathLike], weights: Dict[str, Any], epoch: int) -> None:
+    r"""Writes the state dict of :obj:`epoch` atomically, tagged like a checkpoint."""
+    atomic_write(path, lambda f: torch.save({'format': FORMAT, 'version': VERSION,
+                                             'epoch': int(epoch), 'weights': weights}, f))
+
+
+def load_weights(path: Union[str, os.PathLike], epoch: int) -> Dict[str, Any]:
+    r"""Loads the state dict of :obj:`epoch` written by :func:`save_weights`
+    (``weights_only=True``).
+
+    Raises:
+        CheckpointError: If the file is missing, unsafe, not such a file or of another epoch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'best weights not found: {path}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f'{path}: refused to load: not a file of tensors and primitives '
+                              f'only ({_reason(e)})') from None
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a corrupt file)
+        raise CheckpointError(f'{path}: not a readable weights file ({_reason(e)})') from None
+    if not isinstance(state, dict) or state.get('format') != FORMAT or 'weights' not in state:
+        raise CheckpointError(f'{path}: not an anchorrec-pyg weights file')
+    if state.get('epoch') != epoch:
+        raise CheckpointError(f"{path}: holds the weights of epoch {state.get('epoch')!r}, "
+                              f'expected epoch {epoch}')
+    return state['weights']

@@ -338,7 +338,7 @@ def load_trained_model(
     data = load_data(config.data, required_modalities(config), log=False)
     model = build_model(config, data, int(state.get('seed', 0)))
     try:
-        model.load_state_dict(checkpoint_weights(state))
+        model.load_state_dict(checkpoint_weights(state, checkpoint))
     except RuntimeError as e:
         reason = ' '.join(str(e).split())[:200]
         raise CheckpointError(f'{checkpoint}: weights do not fit the model ({reason})') from None

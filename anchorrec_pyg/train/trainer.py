@@ -35,7 +35,13 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
-from anchorrec_pyg.train.checkpoint import load_checkpoint, save_checkpoint
+from anchorrec_pyg.train.checkpoint import (
+    best_weights_path,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
 from anchorrec_pyg.train.sampler import TripletSampler
 
@@ -84,13 +90,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def checkpoint_weights(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+def checkpoint_weights(state: Dict[str, Any],
+                       path: Union[str, os.PathLike, None] = None) -> Dict[str, torch.Tensor]:
     r"""The weights a checkpoint offers for evaluation: the best validation epoch's (a finished
-    run stores only those; a partial run the best so far, or the latest before any
-    evaluation)."""
-    if state['finished'] or state.get('best_model') is None:
+    run stores only those; a partial run the best so far, kept in the file beside the
+    checkpoint :obj:`path` (:func:`~anchorrec_pyg.train.checkpoint.best_weights_path`), or the
+    latest before any evaluation)."""
+    if state['finished']:
         return state['model']
-    return state['best_model']
+    if state.get('best_model') is not None:
+        return state['best_model']
+    best_epoch = state.get('best', {}).get('epoch', 0)
+    if path is not None and best_epoch > 0 and best_weights_path(path).is_file():
+        return load_weights(best_weights_path(path), best_epoch)
+    return state['model']
 
 
 def _first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
@@ -229,6 +242,25 @@ class Trainer:
         self._set_rng_state(state['rng'])
         return None
 
+    def _keep_best_weights(self) -> None:
+        r"""Keeps the current weights as the best so far: in the file beside the checkpoint
+        when the run has one (like MMRec's saved model; no second copy of the weights in
+        memory, which for AnchorRec's trainable feature tables is most of them), in memory
+        otherwise."""
+        if self.checkpoint_path is None:
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        else:
+            save_weights(best_weights_path(self.checkpoint_path), self.model.state_dict(),
+                         self.best_epoch)
+            self.best_weights = None
+
+    def _best_weights(self) -> Dict[str, torch.Tensor]:
+        if self.best_weights is not None:
+            return self.best_weights
+        if self.checkpoint_path is not None and self.best_epoch > 0:
+            return load_weights(best_weights_path(self.checkpoint_path), self.best_epoch)
+        return self.model.state_dict()
+
     # Training ################################################################################
 
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -320,7 +352,7 @@ class Trainer:
                 improved = score > self.best_score
                 if improved:
                     self.best_score, self.best_epoch, self.best_valid = score, epoch, valid
-                    self.best_weights = copy.deepcopy(self.model.state_dict())
+                    self._keep_best_weights()
                     self.bad_evals = 0
                 else:
                     self.bad_evals += 1
@@ -337,12 +369,14 @@ class Trainer:
             logger.info('%sstopped early after epoch %d: no better validation %s in %d '
                         'evaluations', self.log_prefix, self.epoch, self.eval_cfg.metric,
                         self.bad_evals)
-        self.model.load_state_dict(self.best_weights)
+        self.model.load_state_dict(self._best_weights())
         test = self.evaluator.evaluate(self.model, self.data, 'test')
         result = TrainResult(best_epoch=self.best_epoch, epochs_run=self.epoch,
                              valid=self.best_valid, test=test, stopped_early=self.stopped_early,
                              history=self.history)
         self._save_checkpoint(result)
+        if self.checkpoint_path is not None:
+            best_weights_path(self.checkpoint_path).unlink(missing_ok=True)
         logger.info('%sbest epoch %d: valid %s %.4f, test %s %.4f', self.log_prefix,
                     self.best_epoch, self.eval_cfg.metric, self.best_valid[self.eval_cfg.metric],
                     self.eval_cfg.metric, test[self.eval_cfg.metric])
