@@ -76,7 +76,8 @@ def test_non_leaf_or_frozen_inputs_take_the_plain_linear():
 
 
 def test_anchorrec_training_step_is_the_same_with_and_without_the_buffer(tiny_data):
-    """Two Adam steps with the buffer on and off give bitwise-equal parameters."""
+    """Two Adam steps with the buffer on and off give the same parameters (to float rounding:
+    the weight gradient is computed as (X^T dY)^T instead of dY^T X)."""
     from anchorrec_pyg.train.sampler import TripletSampler
     sampler = TripletSampler(tiny_data['user', 'interacts', 'item'].edge_index,
                              int(tiny_data['item'].num_nodes), 64)
@@ -93,4 +94,4 @@ def test_anchorrec_training_step_is_the_same_with_and_without_the_buffer(tiny_da
             optimizer.step()
         states.append(model.state_dict())
     for key, value in states[0].items():
-        assert torch.equal(value, states[1][key]), key
+        torch.testing.assert_close(value, states[1][key], rtol=1e-5, atol=1e-6, msg=key)

@@ -97,7 +97,7 @@ class AlignRec(RecModel):
         tau: float = 0.2
         freeze_features: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
         similarity_cache_mb: float = 256.0
 
         def validate(self) -> None:

@@ -109,13 +109,10 @@ class AnchorRec(RecModel):
                 (published code leaves it out: ``False``).
             feature_layernorm: LayerNorm on each feature table before its projection (published
                 ``use_ln``, off).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
-                ``'pyg'`` (default) is the reference; on an idle CPU two processes with one seed
-                gave bitwise-equal histories with it. ``'fast'``
-                (:class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`) computes the same products
-                about 1.5x faster per epoch, but its CPU kernels (MKL sparse) round differently
-                from run to run (~1e-8 in the loss), which can move late-epoch metrics in the 4th
-                digit.
+            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`):
+                ``'fast'`` (default, :class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`), or
+                ``'pyg'`` (the MessagePassing reference) and ``'torch_csr'``: the same products
+                to float rounding, each reproducible bit for bit with one seed.
             similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
                 full ``I x I`` raw cosine-similarity matrices behind AMP's targets instead of
                 computing each batch's block (widest feature table first, see

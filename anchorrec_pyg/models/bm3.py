@@ -72,7 +72,7 @@ class BM3(RecModel):
         dropout: float = 0.5
         reg_weight: float = 0.1
         cl_weight: float = 2.0
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
 
         def validate(self) -> None:
             self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')

@@ -136,7 +136,7 @@ class FREEDOM(RecModel):
         edge_dropout: float = 0.8
         reg_weight: float = 0.05
         image_weight: float = 0.1
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
 
         def validate(self) -> None:
             self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')

@@ -43,7 +43,7 @@ class LightGCN(RecModel):
         embedding_dim: int = 64
         n_layers: int = 2
         lambda_reg: float = 1e-3
-        propagation: str = 'pyg'
+        propagation: str = 'fast'
 
         def validate(self) -> None:
             self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
