@@ -14,16 +14,13 @@ same tensor; the kNN graphs are not (SPEC §2: not symmetrised), so their transp
 next to them. Nothing is transposed, coalesced or converted per step, unlike the autograd of
 ``torch.sparse.mm`` (which transposes the CSR matrix in every backward).
 
-:meth:`FastCSRBackend.matmul_many` fuses several products into one kernel call:
-
-* the same operator applied to several inputs (the user views :math:`\mathbf{R}\mathbf{H}_m` of
-  all modalities) becomes one product with the inputs side by side,
-  :math:`\mathbf{R}[\mathbf{H}_{mm}\,|\,\mathbf{H}_{text}\,|\,\mathbf{H}_{image}]`: sparse
-  products are bound by the per-non-zero index work, so a 3d-wide product costs little more than
-  a d-wide one;
-* different operators (the three kNN graphs) become one block-diagonal product
-  :math:`\mathrm{diag}(\mathbf{A}_{mm}, \mathbf{A}_{text}, \mathbf{A}_{image})
-  [\mathbf{X}_{mm}; \mathbf{X}_{text}; \mathbf{X}_{image}]`, whose block matrices are built once.
+:meth:`FastCSRBackend.matmul_many` fuses different operators applied in one step (the three kNN
+graphs) into one block-diagonal product :math:`\mathrm{diag}(\mathbf{A}_{mm}, \mathbf{A}_{text},
+\mathbf{A}_{image})[\mathbf{X}_{mm}; \mathbf{X}_{text}; \mathbf{X}_{image}]`, whose block matrix
+is built once. One operator applied to several inputs (the user views
+:math:`\mathbf{R}\mathbf{H}_m`) stays one product per input: with the inputs side by side the
+backward pass has to split and re-join the ``U x 3d`` gradient, which
+``benchmarks/propagation.py`` measured slower than three separate products.
 
 The kernels are PyTorch's own (MKL sparse on CPU, cuSPARSE on CUDA): no compiled extension.
 """
@@ -151,8 +148,8 @@ class FastCSRAdjacency(Adjacency):
 
 @register_backend
 class FastCSRBackend(PropagationBackend):
-    """CSR products with a precomputed transpose for the backward, fusing several products into
-    one (side by side for one operator, block-diagonal for several); see the module docstring.
+    """CSR products with a precomputed transpose for the backward, fusing the products of
+    distinct operators into one block-diagonal product; see the module docstring.
 
     Args:
         max_fused: how many block-diagonal operators are kept (built on first use).
@@ -180,12 +177,10 @@ class FastCSRBackend(PropagationBackend):
         return FastCSRAdjacency(self, operator, (num_src, num_dst))
 
     def matmul_many(self, adjs: Sequence[Adjacency], xs: Sequence[Tensor]) -> list[Tensor]:
-        """``[a @ x for a, x in zip(adjs, xs)]`` as one product where possible."""
+        """``[a @ x for a, x in zip(adjs, xs)]``, distinct operators as one block-diagonal
+        product."""
         if len(adjs) < 2 or any(x.dim() != 2 for x in xs) or len({x.dtype for x in xs}) > 1:
             return super().matmul_many(adjs, xs)
-        if all(adj is adjs[0] for adj in adjs):
-            widths = [x.size(1) for x in xs]
-            return list(torch.split(adjs[0] @ torch.cat(list(xs), dim=1), widths, dim=1))
         if len({x.size(1) for x in xs}) == 1 and len({id(a) for a in adjs}) == len(adjs):
             operator = self._block_operator(adjs)
             rows = [adj.size[1] for adj in adjs]
