@@ -11,18 +11,7 @@ The public API, in the order data flows through it::
 
 See ``docs/ARCHITECTURE.md`` for the contracts between the parts and ``../shared/SPEC.md`` (in
 the development tree) for the reference formulas.
-
-Importing the package before torch turns on PyTorch's transparent-huge-page allocation of large
-CPU tensors (``THP_MEM_ALLOC_ENABLE=1``, read by torch once, at its first allocation), unless the
-variable is already set: training allocates gradients and score matrices of tens to hundreds of
-MB every step, and with 4 KiB pages each costs a page fault per page on first write
-(``benchmarks/train_epoch.py`` measures the difference). ``THP_MEM_ALLOC_ENABLE=0`` opts out; it
-has no effect off Linux or once torch has allocated.
 """
-import os
-
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
 from anchorrec_pyg.data import MMRecDataset, ensure_default_dataset, generate_synthetic, load_mmrec
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError, DataError
 from anchorrec_pyg.models import MODELS, AnchorRec, LightGCN, RecModel, RecOutput, get_model_class

@@ -10,9 +10,8 @@ message-passing backend with PyTorch's per-tensor Adam loop and no feature-gradi
 switchable speed-ups off; the loss-side ones, see ``docs/speed.md``, are always on); every
 registered backend name (``pyg``, ``torch_csr``, ``fast``) runs with the trainer's fused Adam
 and the model's defaults; ``name:MB`` sets ``model.similarity_cache_mb`` (the memory budget of
-the cached raw similarity matrices, default 256: the image table's only), e.g. ``fast:0``;
-a ``+nothp`` suffix runs the variant with ``THP_MEM_ALLOC_ENABLE=0`` (4 KiB pages for large
-tensors). A step is exactly the trainer's (zero_grad, forward, SPEC §4 loss with the configured
+the cached raw similarity matrices, default 256: the image table's only), e.g. ``fast:0``.
+A step is exactly the trainer's (zero_grad, forward, SPEC §4 loss with the configured
 B, backward, Adam). Because the machine's load changes between processes, ``reference`` and
 ``fast`` are also trained side by side in one process, alternating every step
 (``--interleave``). With ``--max-batches N`` only N batches are timed and the epoch time is the
@@ -53,7 +52,7 @@ BATCH = 2048
 
 def build(data, variant: str) -> tuple[AnchorRec, torch.optim.Optimizer]:
     """The model and optimizer of ``variant`` (``reference``, a backend name, ``name:MB``)."""
-    name, _, budget = variant.split('+')[0].partition(':')
+    name, _, budget = variant.partition(':')
     reference = name == 'reference'
     options = {'propagation': 'pyg' if reference else name}
     if budget:
@@ -210,8 +209,7 @@ def main() -> None:
     for variant in args.variants.split(','):
         cmd = [sys.executable, __file__, '--child', variant, '--dataset', args.dataset,
                '--threads', str(args.threads), '--max-batches', str(args.max_batches)]
-        env = dict(os.environ, THP_MEM_ALLOC_ENABLE='0' if variant.endswith('+nothp') else '1')
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
 
     torch.set_num_threads(args.threads)
