@@ -26,6 +26,7 @@ __all__ = [
     'AALLoss',
     'SimilarityPreservationLoss',
     'SimilarityTarget',
+    'PackedCosineSimilarity',
     'AMPLoss',
     'GraphSmoothnessLoss',
     'cosine_similarity_matrix',
@@ -205,6 +206,45 @@ def cosine_similarity_matrix(x: Tensor, eps: float = 1e-12) -> Tensor:
     ``x`` (a zero row has similarity 0 to every row)."""
     x = F.normalize(x, dim=-1, eps=eps)
     return x @ x.t()
+
+
+class PackedCosineSimilarity:
+    r"""The ``I x I`` cosine-similarity matrix :math:`\bar{\mathbf{X}}\bar{\mathbf{X}}^\top` of a
+    table's rows, stored as its lower triangle packed row by row: :math:`I(I+1)/2` values, half
+    the memory of the full matrix (99 MB instead of 199 MB for 7,050 items in float32).
+
+    Built in blocks of ``block_rows`` rows, so the full matrix never exists; the values are
+    those of :func:`cosine_similarity_matrix` up to the rounding of a blocked product.
+
+    Args:
+        table: the feature rows ``[I, f]``.
+        block_rows: rows per block of the build.
+    """
+
+    def __init__(self, table: Tensor, block_rows: int = 1024) -> None:
+        unit = F.normalize(table.detach(), dim=-1)
+        num = unit.size(0)
+        self.num_rows = num
+        self.values = unit.new_empty(num * (num + 1) // 2)
+        for start in range(0, num, block_rows):
+            end = min(start + block_rows, num)
+            rows = unit[start:end] @ unit[:end].t()
+            lower = torch.ones(end - start, end, dtype=torch.bool, device=unit.device)
+            self.values[start * (start + 1) // 2:end * (end + 1) // 2] = rows[lower.tril_(start)]
+
+    @staticmethod
+    def nbytes(num_rows: int, element_size: int) -> int:
+        """The memory of the packed matrix of ``num_rows`` rows."""
+        return num_rows * (num_rows + 1) // 2 * element_size
+
+    def block(self, index: Tensor) -> Tensor:
+        """The ``[n, n]`` block of the rows and columns ``index`` (sorted, distinct)."""
+        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+            raise ValueError('PackedCosineSimilarity.block needs sorted distinct indices')
+        start = index * (index + 1) // 2
+        # row a, column b <= a lies at start[a] + index[b]; the upper part is the transpose
+        lower = self.values[start[:, None] + index[None, :]].tril_()
+        return lower + lower.tril(-1).t()
 
 
 @dataclass

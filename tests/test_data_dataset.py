@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from anchorrec_pyg.data import (MMRecDataset, concat_anchor, generate_synthetic, load_inter,
-                                load_mmrec)
+from anchorrec_pyg.data import MMRecDataset, concat_anchor
 from anchorrec_pyg.data import dataset as dataset_module
+from anchorrec_pyg.data import generate_synthetic, load_inter, load_mmrec
 from anchorrec_pyg.errors import DataError
 
 UI = ('user', 'interacts', 'item')

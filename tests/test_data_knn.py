@@ -7,8 +7,12 @@ import pytest
 import torch
 from torch_geometric.nn import SimpleConv
 
-from anchorrec_pyg.data import (cosine_knn, knn_graph_normalized, normalize_knn,
-                                normalized_ui_weights)
+from anchorrec_pyg.data import (
+    cosine_knn,
+    knn_graph_normalized,
+    normalize_knn,
+    normalized_ui_weights,
+)
 from anchorrec_pyg.errors import DataError
 
 

@@ -9,9 +9,16 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.data import (PRESETS, MMRecDataset, ensure_default_dataset, generate_arrays,
-                                generate_synthetic, load_inter, popularity_recall)
-from anchorrec_pyg.data import synthetic
+from anchorrec_pyg.data import (
+    PRESETS,
+    MMRecDataset,
+    ensure_default_dataset,
+    generate_arrays,
+    generate_synthetic,
+    load_inter,
+    popularity_recall,
+    synthetic,
+)
 from anchorrec_pyg.errors import DataError
 
 

@@ -15,6 +15,7 @@ from anchorrec_pyg.losses import (
     GraphSmoothnessLoss,
     InfoNCE,
     SimilarityPreservationLoss,
+    PackedCosineSimilarity,
     SimilarityTarget,
     cosine_similarity_matrix,
 )
@@ -247,3 +248,18 @@ def test_info_nce_with_counts_equals_the_duplicated_batch():
     torch.testing.assert_close(nce(a_table, b_table, ones), nce(a_table, b_table))
     with pytest.raises(ValueError, match='counts'):
         nce(a_table, b_table, counts[:2])
+
+
+@pytest.mark.parametrize('block_rows', [1, 7, 64])
+def test_packed_cosine_similarity_blocks_equal_the_full_matrix(block_rows):
+    gen = torch.Generator().manual_seed(5)
+    table = torch.randn(23, 6, dtype=torch.float64, generator=gen)
+    table[4] = 0.0  # a zero row: similarity 0 to every row
+    packed = PackedCosineSimilarity(table, block_rows=block_rows)
+    full = cosine_similarity_matrix(table)
+    assert packed.values.numel() == 23 * 24 // 2
+    assert PackedCosineSimilarity.nbytes(23, 8) == packed.values.numel() * 8
+    for index in (torch.arange(23), torch.tensor([0, 4, 5, 17, 22]), torch.tensor([9])):
+        torch.testing.assert_close(packed.block(index), full[index][:, index])
+    with pytest.raises(ValueError, match='sorted'):
+        packed.block(torch.tensor([3, 1]))

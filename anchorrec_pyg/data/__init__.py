@@ -1,13 +1,28 @@
 r"""Data layer: MMRec-format folders (SPEC §1) as PyG ``HeteroData`` with the graphs of
 SPEC §2, memory-bounded exact cosine kNN, and the embedded synthetic datasets."""
-from anchorrec_pyg.data.dataset import (IU_EDGE, UI_EDGE, MMRecDataset, knn_edge_type,
-                                        load_mmrec)
-from anchorrec_pyg.data.knn import (cosine_knn, knn_graph_normalized, normalize_knn,
-                                    normalized_ui_weights)
-from anchorrec_pyg.data.mmrec import (MODALITIES, Interactions, anchorrec_home, concat_anchor,
-                                      load_features, load_inter)
-from anchorrec_pyg.data.synthetic import (PRESETS, SyntheticPreset, ensure_default_dataset,
-                                          generate_arrays, generate_synthetic, popularity_recall)
+from anchorrec_pyg.data.dataset import IU_EDGE, UI_EDGE, MMRecDataset, knn_edge_type, load_mmrec
+from anchorrec_pyg.data.knn import (
+    cosine_knn,
+    knn_graph_normalized,
+    normalize_knn,
+    normalized_ui_weights,
+)
+from anchorrec_pyg.data.mmrec import (
+    MODALITIES,
+    Interactions,
+    anchorrec_home,
+    concat_anchor,
+    load_features,
+    load_inter,
+)
+from anchorrec_pyg.data.synthetic import (
+    PRESETS,
+    SyntheticPreset,
+    ensure_default_dataset,
+    generate_arrays,
+    generate_synthetic,
+    popularity_recall,
+)
 
 __all__ = [
     'MMRecDataset',

@@ -22,8 +22,13 @@ import torch
 from torch_geometric.data import HeteroData, InMemoryDataset
 
 from anchorrec_pyg.data.knn import knn_graph_normalized, normalized_ui_weights
-from anchorrec_pyg.data.mmrec import (MODALITIES, anchorrec_home, concat_anchor, load_features,
-                                      load_inter)
+from anchorrec_pyg.data.mmrec import (
+    MODALITIES,
+    anchorrec_home,
+    concat_anchor,
+    load_features,
+    load_inter,
+)
 from anchorrec_pyg.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -38,10 +38,17 @@ from anchorrec_pyg.losses import (
     CosineDistanceLoss,
     EmbeddingL2Loss,
     InfoNCE,
+    PackedCosineSimilarity,
     SimilarityPreservationLoss,
 )
-from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, node_rows,
-                                       require_knn_graphs, rows)
+from anchorrec_pyg.models.base import (
+    ModelConfig,
+    RecModel,
+    RecOutput,
+    node_rows,
+    require_knn_graphs,
+    rows,
+)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.modality_conv import ModalityConv
 from anchorrec_pyg.nn.propagation import get_backend
@@ -83,8 +90,10 @@ class AlignRec(RecModel):
                 ``False``).
             feature_layernorm: LayerNorm on the features before the projection (published off).
             propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
-            similarity_cache_mb: memory (MiB) up to which the full ``I x I`` raw cosine matrix
-                behind the similarity target is computed once and cached (speed only).
+            similarity_cache_mb: memory (MiB) up to which the ``I x I`` raw cosine matrix
+                behind the similarity target (packed lower triangle,
+                :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) is computed once and
+                cached (speed only).
         """
 
         embedding_dim: int = 64
@@ -181,8 +190,8 @@ class AlignRec(RecModel):
                 self.info_nce(rows(h_items, pos), rows(c[num_users:], pos)) +
                 self.info_nce(rows(out.views['H_mm_user'], users), rows(c[:num_users], users)))
         if cfg.sim_weight > 0:
-            fits = self.num_items**2 * data['item'].x_mm.element_size() <= (
-                cfg.similarity_cache_mb * 2**20)
+            fits = PackedCosineSimilarity.nbytes(self.num_items, data['item'].x_mm.element_size()) \
+                <= cfg.similarity_cache_mb * 2**20
             distinct, counts = torch.unique(pos, return_counts=True)
             target = self.similarity_target(data, 'mm', distinct, counts, fits, h_items.dtype)
             terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)

@@ -35,6 +35,7 @@ from anchorrec_pyg.losses import (
     CosineMarginLoss,
     EmbeddingL2Loss,
     GraphSmoothnessLoss,
+    PackedCosineSimilarity,
 )
 from anchorrec_pyg.models.base import (
     MODALITIES,
@@ -114,10 +115,12 @@ class AnchorRec(RecModel):
                 ``'pyg'`` (the MessagePassing reference) and ``'torch_csr'``: the same products
                 to float rounding, each reproducible bit for bit with one seed.
             similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
-                full ``I x I`` raw cosine-similarity matrices behind AMP's targets instead of
+                ``I x I`` raw cosine-similarity matrices behind AMP's targets (packed lower
+                triangles, :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) instead of
                 computing each batch's block (widest feature table first, see
                 :meth:`AnchorRec.cached_similarities`); trades memory for recomputation, the
-                targets are the same (0: compute every block).
+                targets are the same (0: compute every block). The default fits Baby's image
+                table (99 MB).
             feature_grad_buffer: compute the gradients of the trainable feature tables into
                 buffers kept between steps (:mod:`anchorrec_pyg.nn.feature_grad`): the same
                 values without allocating (and page-faulting) the ``I x f`` gradients every
@@ -145,7 +148,7 @@ class AnchorRec(RecModel):
         fuse_image_view: bool = False
         feature_layernorm: bool = False
         propagation: str = 'fast'
-        similarity_cache_mb: float = 256.0
+        similarity_cache_mb: float = 128.0
         feature_grad_buffer: bool = True
 
         def validate(self) -> None:
@@ -317,7 +320,7 @@ class AnchorRec(RecModel):
         num_items = int(data['item'].num_nodes)
         cached = []
         for m in sorted(MODALITIES, key=lambda m: -data['item'][f'x_{m}'].size(1)):
-            size = num_items**2 * data['item'][f'x_{m}'].element_size()
+            size = PackedCosineSimilarity.nbytes(num_items, data['item'][f'x_{m}'].element_size())
             if size <= budget:
                 cached.append(m)
                 budget -= size

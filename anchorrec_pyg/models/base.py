@@ -39,7 +39,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.losses import SimilarityTarget, cosine_similarity_matrix
+from anchorrec_pyg.losses import PackedCosineSimilarity, SimilarityTarget
 from anchorrec_pyg.nn.lightgcn import user_item_adjacency
 from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, PropagationBackend, TensorCache
 
@@ -311,17 +311,18 @@ class RecModel(torch.nn.Module, ABC):
         :class:`~anchorrec_pyg.losses.SimilarityPreservationLoss` takes it with the embedding
         rows of ``distinct``.
 
-        With ``cache`` the full ``I x I`` matrix is computed once per data tensor and the block
-        of the distinct items gathered from it (sorted, so near-sequentially); otherwise the
+        With ``cache`` the ``I x I`` matrix is computed once per data tensor
+        (:class:`~anchorrec_pyg.losses.PackedCosineSimilarity`, half the memory of the full
+        matrix) and the block of the distinct items gathered from it; otherwise the
         target carries the distinct rows, normalised. The loss is the same either way: ``cache``
         trades memory for recomputation.
         """
         require_item_features(data, (modality, ), type(self).__name__)
         table = data['item'][f'x_{modality}']
         if cache:
-            full = self.graph_cache.get(f'similarity_{modality}', (table, ),
-                                        lambda: cosine_similarity_matrix(table.detach()))
-            block = full[distinct[:, None], distinct[None, :]]  # constant: no backward
+            packed = self.graph_cache.get(f'similarity_{modality}', (table, ),
+                                          lambda: PackedCosineSimilarity(table))
+            block = packed.block(distinct)
             return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
         unit_rows = torch.nn.functional.normalize(table.detach().index_select(0, distinct), dim=-1)
         return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit_rows.dtype))

@@ -30,8 +30,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import CosineDistanceLoss, EmbLoss
-from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies,
-                                       node_rows, rows)
+from anchorrec_pyg.models.base import (
+    ModelConfig,
+    RecModel,
+    RecOutput,
+    feature_copies,
+    node_rows,
+    rows,
+)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import get_backend
 

@@ -33,8 +33,15 @@ from torch_geometric.utils import degree
 
 from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import BPRLoss
-from anchorrec_pyg.models.base import (ModelConfig, RecModel, RecOutput, feature_copies, node_rows,
-                                       require_knn_graphs, rows)
+from anchorrec_pyg.models.base import (
+    ModelConfig,
+    RecModel,
+    RecOutput,
+    feature_copies,
+    node_rows,
+    require_knn_graphs,
+    rows,
+)
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
 from anchorrec_pyg.nn.propagation import Adjacency, get_backend
 
