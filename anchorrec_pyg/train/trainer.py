@@ -312,7 +312,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainResult:
         r"""Trains until ``train.epochs`` or early stopping, then evaluates the best epoch's
-        weights on test.
+        weights on test (the model holds them afterwards; the optimizer's state is released).
 
         Args:
             resume (bool, optional): Continue from :obj:`checkpoint_path` if it exists (a
@@ -369,6 +369,9 @@ class Trainer:
             logger.info('%sstopped early after epoch %d: no better validation %s in %d '
                         'evaluations', self.log_prefix, self.epoch, self.eval_cfg.metric,
                         self.bad_evals)
+        # the finished run needs no optimizer state: free Adam's moments (two copies of the
+        # parameters) before the best weights are read back
+        self.optimizer.state.clear()
         self.model.load_state_dict(self._best_weights())
         test = self.evaluator.evaluate(self.model, self.data, 'test')
         result = TrainResult(best_epoch=self.best_epoch, epochs_run=self.epoch,
