@@ -4,9 +4,15 @@ import math
 import pytest
 import torch
 
-from anchorrec_pyg.analysis.collapse import (collapse_numbers, effective_rank, embed_2d,
-                                             embed_panels, mean_pairwise_cosine, paired_cosine,
-                                             plot_groups)
+from anchorrec_pyg.analysis.collapse import (
+    collapse_numbers,
+    effective_rank,
+    embed_2d,
+    embed_panels,
+    mean_pairwise_cosine,
+    paired_cosine,
+    plot_groups,
+)
 from anchorrec_pyg.analysis.spaces import Space
 
 

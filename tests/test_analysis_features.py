@@ -5,9 +5,16 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.analysis.features import (evaluate_features, item_cf_scorer,
-                                             load_feature_folder, mask_items, masked_metrics,
-                                             masked_modality, random_scorer, zero_shot_scorer)
+from anchorrec_pyg.analysis.features import (
+    evaluate_features,
+    item_cf_scorer,
+    load_feature_folder,
+    mask_items,
+    masked_metrics,
+    masked_modality,
+    random_scorer,
+    zero_shot_scorer,
+)
 from anchorrec_pyg.errors import ConfigError, DataError
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.train.evaluator import evaluate

@@ -3,9 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from anchorrec_pyg.analysis.neighbours import (choose_targets, compare_neighbours,
-                                               interaction_matrix, nearest_neighbours,
-                                               random_neighbours, two_hop)
+from anchorrec_pyg.analysis.neighbours import (
+    choose_targets,
+    compare_neighbours,
+    interaction_matrix,
+    nearest_neighbours,
+    random_neighbours,
+    two_hop,
+)
 from anchorrec_pyg.errors import ConfigError
 
 # users 0..3, items 0..4

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
 from anchorrec_pyg.losses import (
     AALLoss,
     AMPLoss,
@@ -14,11 +13,12 @@ from anchorrec_pyg.losses import (
     EmbLoss,
     GraphSmoothnessLoss,
     InfoNCE,
-    SimilarityPreservationLoss,
     PackedCosineSimilarity,
+    SimilarityPreservationLoss,
     SimilarityTarget,
     cosine_similarity_matrix,
 )
+from anchorrec_pyg.nn.propagation import BACKENDS, get_backend
 
 
 def test_bpr_by_hand():
