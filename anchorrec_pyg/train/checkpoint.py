@@ -64,6 +64,20 @@ def _reason(error: Exception) -> str:
     return lines[0][:200] if lines else type(error).__name__
 
 
+def _safe_load(path: Path, what: str) -> Any:
+    r"""``torch.load(path, weights_only=True)`` onto the CPU, every failure a one-line
+    :class:`CheckpointError` naming the file (:obj:`what` names its kind)."""
+    if not path.is_file():
+        raise CheckpointError(f'{what} not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f'{path}: refused to load: not a file of tensors and primitives '
+                              f'only ({_reason(e)})') from None
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a corrupt file)
+        raise CheckpointError(f'{path}: not a readable {what} ({_reason(e)})') from None
+
+
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     r"""Loads a checkpoint with ``weights_only=True`` onto the CPU.
 
@@ -72,15 +86,7 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
             primitives (refused without running it), or is not an anchorrec-pyg checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint not found: {path}')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f'{path}: refused to load: not a file of tensors and primitives '
-                              f'only ({_reason(e)})') from None
-    except Exception as e:  # noqa: BLE001 (torch raises many types for a corrupt file)
-        raise CheckpointError(f'{path}: not a readable checkpoint ({_reason(e)})') from None
+    state = _safe_load(path, 'checkpoint')
     if not isinstance(state, dict) or state.get('format') != FORMAT:
         raise CheckpointError(f'{path}: not an anchorrec-pyg checkpoint')
     if state.get('version') != VERSION:
@@ -113,15 +119,7 @@ def load_weights(path: Union[str, os.PathLike], epoch: int) -> Dict[str, Any]:
         CheckpointError: If the file is missing, unsafe, not such a file or of another epoch.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'best weights not found: {path}')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f'{path}: refused to load: not a file of tensors and primitives '
-                              f'only ({_reason(e)})') from None
-    except Exception as e:  # noqa: BLE001 (torch raises many types for a corrupt file)
-        raise CheckpointError(f'{path}: not a readable weights file ({_reason(e)})') from None
+    state = _safe_load(path, 'weights file')
     if not isinstance(state, dict) or state.get('format') != FORMAT or 'weights' not in state:
         raise CheckpointError(f'{path}: not an anchorrec-pyg weights file')
     if state.get('epoch') != epoch:
