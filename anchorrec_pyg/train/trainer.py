@@ -257,9 +257,7 @@ class Trainer:
     def _best_weights(self) -> Dict[str, torch.Tensor]:
         if self.best_weights is not None:
             return self.best_weights
-        if self.checkpoint_path is not None and self.best_epoch > 0:
-            return load_weights(best_weights_path(self.checkpoint_path), self.best_epoch)
-        return self.model.state_dict()
+        return load_weights(best_weights_path(self.checkpoint_path), self.best_epoch)
 
     # Training ################################################################################
 
