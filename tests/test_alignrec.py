@@ -1,9 +1,16 @@
 """AlignRec (SPEC §7) against an independent dense re-implementation on a tiny graph."""
-import math
 
 import pytest
 import torch
-from test_anchorrec import BATCH, NUM_ITEMS, NUM_USERS, UI, dense_knn, dense_r, tiny_data
+from test_anchorrec import (
+    BATCH,
+    NUM_USERS,
+    dense_collaborative_view,
+    dense_knn,
+    dense_r,
+    loss_history,
+    tiny_data,
+)
 
 from anchorrec_pyg.errors import ConfigError, DataError
 from anchorrec_pyg.models import AlignRec, RecOutput, get_model_class
@@ -20,14 +27,7 @@ def dense_reference(model, data):
     """SPEC §7's forward pass with dense matrices, from the model's parameters only."""
     cfg = model.config
     r = dense_r()
-    n = NUM_USERS + NUM_ITEMS
-    a_hat = torch.zeros(n, n, dtype=torch.float64)
-    a_hat[:NUM_USERS, NUM_USERS:] = r
-    a_hat[NUM_USERS:, :NUM_USERS] = r.t()
-    layers = [torch.cat([model.user_embedding.weight, model.item_embedding.weight])]
-    for _ in range(cfg.n_ui_layers):
-        layers.append(a_hat @ layers[-1])
-    c = torch.stack(layers).mean(0)
+    c = dense_collaborative_view(model, cfg.n_ui_layers)
     gate = model.modality_conv.gated
     f = model.features
     if cfg.feature_layernorm:
@@ -183,22 +183,9 @@ def test_config_errors_name_the_key(kwargs, key):
 def test_training_lowers_the_loss_deterministically():
     data = tiny_data(modalities=('mm', ))
 
-    def train():
-        torch.manual_seed(0)
-        model = AlignRec(data, AlignRec.Config(embedding_dim=8, cl_weight=0.1, sim_weight=0.1))
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        users, pos = UI[0], UI[1]
-        neg = (pos + 3) % NUM_ITEMS
-        history = []
-        for _ in range(40):
-            opt.zero_grad()
-            total, terms = model.loss(data, model(data), users, pos, neg, batch_size=2048)
-            total.backward()
-            opt.step()
-            assert all(math.isfinite(v.item()) for v in terms.values())
-            history.append(total.item())
-        return history
+    def build(data):
+        return AlignRec(data, AlignRec.Config(embedding_dim=8, cl_weight=0.1, sim_weight=0.1))
 
-    first, second = train(), train()
+    first, second = loss_history(build, data), loss_history(build, data)
     assert first == second
     assert first[-1] < first[0]

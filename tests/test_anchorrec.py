@@ -59,19 +59,43 @@ def mlp(head, x):
     return torch.relu(x @ first.weight.t() + first.bias) @ second.weight.t() + second.bias
 
 
-def dense_reference(model: AnchorRec, data: HeteroData):
-    """SPEC §3 written out with dense matrices, from the model's parameters only."""
-    cfg = model.config
+def dense_collaborative_view(model, num_layers):
+    """SPEC §3.1: the mean of LightGCN layers 0..L on the dense normalised adjacency."""
     r = dense_r()
     n = NUM_USERS + NUM_ITEMS
     a_hat = torch.zeros(n, n, dtype=torch.float64)
     a_hat[:NUM_USERS, NUM_USERS:] = r
     a_hat[NUM_USERS:, :NUM_USERS] = r.t()
-    e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
-    layers = [e0]
-    for _ in range(cfg.n_ui_layers):
+    layers = [torch.cat([model.user_embedding.weight, model.item_embedding.weight])]
+    for _ in range(num_layers):
         layers.append(a_hat @ layers[-1])
-    c = torch.stack(layers).mean(0)
+    return torch.stack(layers).mean(0)
+
+
+def loss_history(build, data, steps=40):
+    """Losses of ``steps`` Adam steps (lr 0.01) on the tiny batch, from seed 0; every term
+    must stay finite."""
+    torch.manual_seed(0)
+    model = build(data)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    users, pos = UI[0], UI[1]
+    neg = (pos + 3) % NUM_ITEMS
+    history = []
+    for _ in range(steps):
+        opt.zero_grad()
+        total, terms = model.loss(data, model(data), users, pos, neg, batch_size=2048)
+        total.backward()
+        opt.step()
+        assert all(math.isfinite(v.item()) for v in terms.values())
+        history.append(total.item())
+    return history
+
+
+def dense_reference(model: AnchorRec, data: HeteroData):
+    """SPEC §3 written out with dense matrices, from the model's parameters only."""
+    cfg = model.config
+    r = dense_r()
+    c = dense_collaborative_view(model, cfg.n_ui_layers)
     ei = model.item_embedding.weight
     h, hu = {}, {}
     for m in ('mm', 'text', 'image'):
@@ -438,23 +462,10 @@ def test_defaults_are_the_published_constants():
 def test_training_lowers_the_loss_deterministically():
     data = tiny_data()
 
-    def train():
-        torch.manual_seed(0)
-        model = AnchorRec(data, AnchorRec.Config(embedding_dim=8, aal_weight=0.01,
-                                                 amp_weight=0.01))
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        users, pos = UI[0], UI[1]
-        neg = (pos + 3) % NUM_ITEMS
-        history = []
-        for _ in range(40):
-            opt.zero_grad()
-            total, terms = model.loss(data, model(data), users, pos, neg, batch_size=2048)
-            total.backward()
-            opt.step()
-            assert all(math.isfinite(v.item()) for v in terms.values())
-            history.append(total.item())
-        return history
+    def build(data):
+        return AnchorRec(data, AnchorRec.Config(embedding_dim=8, aal_weight=0.01,
+                                                amp_weight=0.01))
 
-    first, second = train(), train()
+    first, second = loss_history(build, data), loss_history(build, data)
     assert first == second
     assert first[-1] < first[0]
