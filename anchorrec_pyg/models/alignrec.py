@@ -38,7 +38,6 @@ from anchorrec_pyg.losses import (
     CosineDistanceLoss,
     EmbeddingL2Loss,
     InfoNCE,
-    PackedCosineSimilarity,
     SimilarityPreservationLoss,
 )
 from anchorrec_pyg.models.base import (
@@ -190,10 +189,9 @@ class AlignRec(RecModel):
                 self.info_nce(rows(h_items, pos), rows(c[num_users:], pos)) +
                 self.info_nce(rows(out.views['H_mm_user'], users), rows(c[:num_users], users)))
         if cfg.sim_weight > 0:
-            fits = PackedCosineSimilarity.nbytes(self.num_items, data['item'].x_mm.element_size()) \
-                <= cfg.similarity_cache_mb * 2**20
             distinct, counts = torch.unique(pos, return_counts=True)
-            target = self.similarity_target(data, 'mm', distinct, counts, fits, h_items.dtype)
+            target = self.similarity_target(data, 'mm', distinct, counts,
+                                            'mm' in self.cached_similarities(data), h_items.dtype)
             terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

@@ -35,7 +35,6 @@ from anchorrec_pyg.losses import (
     CosineMarginLoss,
     EmbeddingL2Loss,
     GraphSmoothnessLoss,
-    PackedCosineSimilarity,
 )
 from anchorrec_pyg.models.base import (
     MODALITIES,
@@ -118,7 +117,8 @@ class AnchorRec(RecModel):
                 ``I x I`` raw cosine-similarity matrices behind AMP's targets (packed lower
                 triangles, :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) instead of
                 computing each batch's block (widest feature table first, see
-                :meth:`AnchorRec.cached_similarities`); trades memory for recomputation, the
+                :meth:`~anchorrec_pyg.models.base.RecModel.cached_similarities`); trades
+                memory for recomputation, the
                 targets are the same (0: compute every block). The default fits Baby's image
                 table (99 MB).
             feature_grad_buffer: compute the gradients of the trainable feature tables into
@@ -308,20 +308,3 @@ class AnchorRec(RecModel):
                 self.item_graph(data, 'mm', self.propagation))
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}
-
-    def cached_similarities(self, data: HeteroData) -> tuple[str, ...]:
-        """The modalities whose full ``I x I`` raw cosine-similarity matrix is cached.
-
-        ``similarity_cache_mb`` is one budget for all modalities, spent on the tables that are
-        the most expensive to recompute per batch (the widest feature table first); the others
-        are computed blockwise per batch. Speed and memory only: the targets are the same.
-        """
-        budget = self.config.similarity_cache_mb * 2**20
-        num_items = int(data['item'].num_nodes)
-        cached = []
-        for m in sorted(MODALITIES, key=lambda m: -data['item'][f'x_{m}'].size(1)):
-            size = PackedCosineSimilarity.nbytes(num_items, data['item'][f'x_{m}'].element_size())
-            if size <= budget:
-                cached.append(m)
-                budget -= size
-        return tuple(cached)

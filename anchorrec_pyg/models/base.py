@@ -301,6 +301,26 @@ class RecModel(torch.nn.Module, ABC):
             f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
             lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
 
+    def cached_similarities(self, data: HeteroData) -> tuple[str, ...]:
+        """The modalities (of :meth:`required_modalities`) whose ``I x I`` raw cosine-similarity
+        matrix :meth:`similarity_target` caches, for models with a ``similarity_cache_mb``
+        config key.
+
+        ``similarity_cache_mb`` is one budget for all modalities, spent on the tables that are
+        the most expensive to recompute per batch (the widest feature table first); the others
+        are computed blockwise per batch. Speed and memory only: the targets are the same.
+        """
+        budget = self.config.similarity_cache_mb * 2**20
+        num_items = int(data['item'].num_nodes)
+        cached = []
+        for m in sorted(self.required_modalities(self.config),
+                        key=lambda m: -data['item'][f'x_{m}'].size(1)):
+            size = PackedCosineSimilarity.nbytes(num_items, data['item'][f'x_{m}'].element_size())
+            if size <= budget:
+                cached.append(m)
+                budget -= size
+        return tuple(cached)
+
     def similarity_target(self, data: HeteroData, modality: str, distinct: Tensor,
                           counts: Tensor, cache: bool,
                           dtype: torch.dtype | None = None) -> SimilarityTarget:
