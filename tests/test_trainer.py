@@ -176,6 +176,8 @@ def test_best_weights_beside_the_checkpoint_equal_the_in_memory_copy(tiny_data, 
             seen['ok'] = all(torch.equal(weights[k], expected[k]) for k in expected)
             with pytest.raises(CheckpointError, match='epoch'):
                 load_weights(best_weights_path(path), state['best']['epoch'] + 7)
+            with pytest.raises(CheckpointError, match='checkpoint path'):
+                checkpoint_weights(state)  # never the latest weights in their place
 
     on_disk._save_checkpoint = spy
     result = on_disk.fit()

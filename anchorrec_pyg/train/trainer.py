@@ -101,9 +101,12 @@ def checkpoint_weights(state: Dict[str, Any],
     if state.get('best_model') is not None:
         return state['best_model']
     best_epoch = state.get('best', {}).get('epoch', 0)
-    if path is not None and best_epoch > 0 and best_weights_path(path).is_file():
-        return load_weights(best_weights_path(path), best_epoch)
-    return state['model']
+    if best_epoch == 0:
+        return state['model']
+    if path is None:
+        raise CheckpointError('this partial run keeps its best weights beside its checkpoint: '
+                              'pass the checkpoint path')
+    return load_weights(best_weights_path(path), best_epoch)
 
 
 def _first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
