@@ -2,6 +2,7 @@
 the projection domain."""
 from anchorrec_pyg.nn.fast_csr import CSROperator, CSRSpMM, FastCSRBackend
 from anchorrec_pyg.nn.feature_grad import BufferedGradLinear, GradBuffer, buffered_linear
+from anchorrec_pyg.nn.latent_graph import LatentItemGraph
 from anchorrec_pyg.nn.lightgcn import (
     LightGCNConv,
     LightGCNEncoder,
@@ -49,4 +50,5 @@ __all__ = [
     'propagate_item_views',
     'ProjectionHead',
     'ProjectionDomain',
+    'LatentItemGraph',
 ]
