@@ -237,3 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'{PROG}: interrupted{hint}', file=sys.stderr)
         return 130
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

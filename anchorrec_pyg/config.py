@@ -150,6 +150,17 @@ class TrainConfig:
             ``'mps'``.
         num_threads: CPU threads for torch; ``None`` keeps torch's default.
         checkpoint_every: Write the resumable checkpoint every this many epochs (and at the end).
+        mode: ``'full'`` propagates the whole graph for every batch (SPEC §3, the published
+            math); ``'sampled'`` propagates a sampled subgraph around each batch's users,
+            positives and negatives (:mod:`anchorrec_pyg.train.subgraph`).
+        fanout: ``'sampled'`` only: the neighbours drawn per node at each user-item hop (one
+            entry per hop, ``-1`` = all neighbours).
+        nproc: Data-parallel processes (``anchorrec-pyg train --nproc N``): each draws
+            ``batch_size / nproc`` rows of every global batch of ``batch_size`` rows, so the
+            learning rate is the one-process rate (no scaling rule: the global batch is
+            unchanged).
+        dist_timeout_s: The process group's timeout: a collective that waits longer (a rank
+            that died or hangs) ends the job with an error.
     """
     epochs: int = 40
     batch_size: int = 2048
@@ -161,6 +172,10 @@ class TrainConfig:
     device: str = 'auto'
     num_threads: Optional[int] = None
     checkpoint_every: int = 1
+    mode: str = 'full'
+    fanout: List[int] = field(default_factory=lambda: [20, 10])
+    nproc: int = 1
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, 'train.epochs', f'must be >= 1 (got {self.epochs})')
@@ -179,6 +194,17 @@ class TrainConfig:
                  f'must be >= 1 or null (got {self.num_threads})')
         _require(self.checkpoint_every >= 1, 'train.checkpoint_every',
                  f'must be >= 1 (got {self.checkpoint_every})')
+        _require(self.mode in ('full', 'sampled'), 'train.mode',
+                 f"must be 'full' or 'sampled' (got {self.mode!r})")
+        _require(len(self.fanout) > 0 and all(f >= 1 or f == -1 for f in self.fanout),
+                 'train.fanout', 'must list one fan-out per hop, each a positive int or -1 '
+                 f'(all neighbours) (got {self.fanout})')
+        _require(self.nproc >= 1, 'train.nproc', f'must be >= 1 (got {self.nproc})')
+        _require(self.batch_size % self.nproc == 0, 'train.batch_size',
+                 f'({self.batch_size}) must be divisible by train.nproc ({self.nproc}): every '
+                 'process draws the same share of each global batch')
+        _require(self.dist_timeout_s > 0, 'train.dist_timeout_s',
+                 f'must be > 0 (got {self.dist_timeout_s})')
 
 
 @dataclass
@@ -433,7 +459,8 @@ def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
 
 
 #: Keys that may change when a run is resumed: they do not change what is computed.
-RESUME_FREE_KEYS = (('out', ), ('train', 'device'), ('train', 'num_threads'))
+RESUME_FREE_KEYS = (('out', ), ('train', 'device'), ('train', 'num_threads'),
+                    ('train', 'dist_timeout_s'))
 
 
 def run_identity(raw: Dict[str, Any]) -> Dict[str, Any]:

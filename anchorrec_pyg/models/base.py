@@ -309,7 +309,10 @@ class RecModel(torch.nn.Module, ABC):
         ``similarity_cache_mb`` is one budget for all modalities, spent on the tables that are
         the most expensive to recompute per batch (the widest feature table first); the others
         are computed blockwise per batch. Speed and memory only: the targets are the same.
+        A sampled subgraph (``n_id`` on the items) caches none: its table is new every batch.
         """
+        if 'n_id' in data['item']:
+            return ()
         budget = self.config.similarity_cache_mb * 2**20
         num_items = int(data['item'].num_nodes)
         cached = []

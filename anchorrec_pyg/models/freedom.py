@@ -120,6 +120,8 @@ class FREEDOM(RecModel):
 
     description = ('FREEDOM: LightGCN on a degree-pruned user-item graph plus a frozen '
                    'text+image item-item graph; feature BPR terms')
+    sampled_refusal = ('its frozen item-item graph is the kNN of all items\' features and its '
+                       'pruned user-item graph is drawn from the whole graph each epoch')
 
     @dataclass
     class Config(ModelConfig):

@@ -6,9 +6,11 @@ The learning rate of epoch :math:`e` (0-based) is
 :math:`\mathrm{lr} \cdot \mathrm{lr\_decay}^{\,e / \mathrm{lr\_decay\_every}}`
 (:class:`torch.optim.lr_scheduler.LambdaLR`, stepped after every epoch). An epoch draws a fresh
 permutation of the training interactions and fresh negatives
-(:class:`~anchorrec_pyg.train.sampler.TripletSampler`), then for every batch runs the full
-forward pass, the model's loss (with the configured :math:`B`, SPEC §4) and one Adam step
-(PyTorch's fused Adam on CPU and CUDA).
+(:class:`~anchorrec_pyg.train.sampler.TripletSampler`), then for every batch runs the forward
+pass on the graph its batch source gives (``train.mode``: the full graph, or a sampled subgraph
+around the batch, :mod:`anchorrec_pyg.train.batches`), the model's loss (with the configured
+:math:`B`, SPEC §4) and one Adam step (PyTorch's fused Adam on CPU and CUDA). Evaluation always
+runs the full-graph forward.
 
 The trainer is model-agnostic: it needs only the :class:`~anchorrec_pyg.models.base.RecModel`
 contract, plus two optional hooks a model may define:
@@ -42,6 +44,7 @@ from anchorrec_pyg.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
 from anchorrec_pyg.train.sampler import TripletSampler
 
@@ -159,11 +162,22 @@ class Trainer:
             torch.set_num_threads(train.num_threads)
         self.device = resolve_device(train.device)
         self.model = model.to(self.device)
-        self.data = data.to(self.device)
-        self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
         self.sampler = TripletSampler(
             data[EDGE_TYPE].edge_index, int(data['item'].num_nodes), train.batch_size,
             with_negatives=getattr(model, 'needs_negatives', True))
+        self.batches: Union[FullBatches, SampledBatches]
+        if train.mode == 'sampled':
+            refusal = getattr(model, 'sampled_refusal', None)
+            if refusal:
+                raise ConfigError(f'train.mode=sampled: {type(model).__name__} cannot train on '
+                                  f'sampled subgraphs ({refusal}); use train.mode=full')
+            self.batches = SampledBatches(copy.copy(data).cpu(), self.sampler, train.fanout,
+                                          self.seed, device=self.device)
+        self.data = data.to(self.device)
+        if train.mode == 'full':
+            self.batches = FullBatches(self.data, self.sampler)
+        logger.info('%sbatches: %s', self.log_prefix, self.batches.description)
+        self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr,
                                           fused=self.device.type in FUSED_ADAM_DEVICES)
@@ -271,16 +285,16 @@ class Trainer:
             model.on_epoch_start(data, epoch, self.generator)
         model.train()
         sums: Dict[str, torch.Tensor] = {}
-        num_batches = len(self.sampler)
-        batches = tqdm(self.sampler.epoch(self.generator), total=num_batches,
+        num_batches = len(self.batches)
+        batches = tqdm(self.batches.epoch(self.generator, epoch), total=num_batches,
                        desc=f'{self.log_prefix}epoch {epoch}', leave=False,
                        disable=not self.progress)
-        for batch, (users, pos, neg) in enumerate(batches, start=1):
+        for batch, (graph, users, pos, neg) in enumerate(batches, start=1):
             users, pos = users.to(self.device), pos.to(self.device)
             neg = None if neg is None else neg.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(data)
-            total, terms = model.loss(data, out, users, pos, neg,
+            out = model(graph)
+            total, terms = model.loss(graph, out, users, pos, neg,
                                       batch_size=self.train_cfg.batch_size)
             if not bool(torch.isfinite(total)):
                 value = float(total.detach())

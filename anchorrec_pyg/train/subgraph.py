@@ -1,0 +1,302 @@
+r"""Sampled subgraphs around a batch of (user, positive, negative) triples (``train.mode:
+sampled``), in the ``HeteroData`` layout of PyG's heterogeneous link sampling.
+
+A batch's **seed edges** are its ``(user, positive)`` pairs (``edge_label`` 1) and its ``(user,
+negative)`` pairs (``edge_label`` 0). :class:`torch_geometric.loader.LinkLoader` hands them to a
+:class:`torch_geometric.sampler.BaseSampler` and builds the mini-batch ``HeteroData`` from its
+output (features and edge attributes sliced, ``n_id`` per node type, ``e_id`` per edge type,
+``edge_label_index`` in local indices):
+
+1. **User-item hops** (``train.fanout``, one entry per hop): starting from the seed users and
+   items, every hop draws, for each node reached in the previous hop, up to ``fanout[h]`` of its
+   neighbours over ``('user', 'interacts', 'item')`` (for items) and ``('item', 'rev_interacts',
+   'user')`` (for users), uniformly without replacement (``-1``: all of them). Nodes are not
+   duplicated (``disjoint=False``) and each node is expanded once, at the hop after it was
+   reached, exactly as PyG's ``NeighborSampler`` with ``subgraph_type='directional'``.
+   :class:`UserItemNeighborSampler` does this with torch operations and its own
+   :class:`torch.Generator` (seeded, deterministic); with pyg-lib or torch-sparse installed,
+   PyG's :class:`~torch_geometric.loader.LinkNeighborLoader` samples instead
+   (:func:`pyg_sampling_available`).
+2. **Modality kNN edges** (:class:`KnnClosure`): for every item the hops reached, all its
+   ``k`` incoming kNN edges in each ``('item', 'similar_<m>', 'item')`` graph (top-k, so already
+   bounded), their source items added to the subgraph (not expanded further: one kNN hop, exact
+   for ``n_layers = 1`` modality views).
+3. **Edge weights** (:class:`RescaledWeights`): a sampled user-item edge :math:`(j \to i)`
+   keeps its full-graph SPEC §2 weight :math:`1/\sqrt{d_i d_j}` times
+   :math:`d_i / s_i`, where :math:`s_i` is the number of neighbours drawn for :math:`i`. The sum
+   over the drawn neighbours is then an unbiased estimate of the full graph's sum
+   :math:`\sum_{j \in N(i)} x_j/\sqrt{d_i d_j}` (uniform sampling without replacement), so the
+   embeddings the model trains on have the scale of the full-graph embeddings that evaluation
+   ranks with. With ``-1`` (or :math:`d_i \le` fan-out) the factor is 1 and the seeds'
+   embeddings equal the full graph's exactly, given as many hops as layers. The kNN edges keep
+   their weights (all ``k`` are kept).
+
+Evaluation never sees a subgraph: it runs the full-graph forward once (SPEC §5).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_geometric.sampler import (
+    BaseSampler,
+    EdgeSamplerInput,
+    HeteroSamplerOutput,
+    NegativeSampling,
+    NodeSamplerInput,
+)
+from torch_geometric.typing import EdgeType
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    'USER_ITEM',
+    'ITEM_USER',
+    'sampling_view',
+    'pyg_sampling_available',
+    'UserItemNeighborSampler',
+    'KnnClosure',
+    'RescaledWeights',
+]
+
+USER_ITEM: EdgeType = ('user', 'interacts', 'item')
+ITEM_USER: EdgeType = ('item', 'rev_interacts', 'user')
+HOP_TYPES: Tuple[EdgeType, ...] = (USER_ITEM, ITEM_USER)
+
+
+def pyg_sampling_available() -> bool:
+    r"""Whether PyG's compiled neighbour sampling (pyg-lib or torch-sparse) is importable."""
+    import torch_geometric.typing as pyg_typing
+    return bool(pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE)
+
+
+def knn_edge_types(data: HeteroData) -> List[EdgeType]:
+    r"""The ``('item', 'similar_<m>', 'item')`` edge types of :obj:`data`, in its order."""
+    return [et for et in data.edge_types
+            if et[0] == 'item' and et[2] == 'item' and et[1].startswith('similar_')]
+
+
+def sampling_view(data: HeteroData) -> HeteroData:
+    r"""What subgraphs are cut from: :obj:`data`'s node counts and item feature tables, its
+    message-passing edges (user-item both ways, kNN graphs) with their ``edge_weight``; no
+    validation or test edges. The tensors are shared, not copied."""
+    view = HeteroData()
+    for node_type in ('user', 'item'):
+        store = data[node_type]
+        view[node_type].num_nodes = int(store.num_nodes)
+        for key, value in store.items():
+            if key.startswith('x_') and isinstance(value, Tensor):
+                view[node_type][key] = value
+    if USER_ITEM not in data.edge_types:
+        raise ValueError("the data has no ('user', 'interacts', 'item') edges")
+    ui = data[USER_ITEM]
+    view[USER_ITEM].edge_index = ui.edge_index
+    view[USER_ITEM].edge_weight = ui.edge_weight
+    if ITEM_USER in data.edge_types:
+        view[ITEM_USER].edge_index = data[ITEM_USER].edge_index
+        view[ITEM_USER].edge_weight = data[ITEM_USER].edge_weight
+    else:
+        view[ITEM_USER].edge_index = ui.edge_index.flip(0)
+        view[ITEM_USER].edge_weight = ui.edge_weight
+    for edge_type in knn_edge_types(data):
+        view[edge_type].edge_index = data[edge_type].edge_index
+        view[edge_type].edge_weight = data[edge_type].edge_weight
+    return view
+
+
+class _Incoming:
+    r"""The incoming edges of every destination node of one edge type (CSC): for a set of
+    destinations, all or a uniform sample of their neighbours with the edges' ids."""
+
+    def __init__(self, edge_index: Tensor, num_dst: int) -> None:
+        edge_index = edge_index.detach().cpu().long()
+        order = torch.sort(edge_index[1], stable=True).indices
+        self.src = edge_index[0, order]
+        self.e_id = order
+        self.ptr = torch.zeros(num_dst + 1, dtype=torch.long)
+        self.ptr[1:] = torch.cumsum(torch.bincount(edge_index[1], minlength=num_dst), 0)
+
+    def degree(self, dst: Tensor) -> Tensor:
+        return self.ptr[dst + 1] - self.ptr[dst]
+
+    def sample(self, dst: Tensor, fanout: int,
+               generator: Optional[torch.Generator]) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""``(src, dst_pos, e_id)``: the drawn edges, ``dst_pos`` indexing :obj:`dst`."""
+        deg = self.degree(dst)
+        total = int(deg.sum())
+        dst_pos = torch.repeat_interleave(torch.arange(dst.numel()), deg)
+        first = torch.cumsum(deg, 0) - deg
+        offset = torch.arange(total) - first[dst_pos]
+        slot = self.ptr[dst][dst_pos] + offset
+        if fanout != -1 and bool((deg > fanout).any()):
+            # a uniform draw without replacement per destination: a random order inside each
+            # destination's neighbours (sort by destination, then by a uniform key), then the
+            # first `fanout` of each
+            keys = torch.rand(total, generator=generator, dtype=torch.float64)
+            order = torch.argsort(dst_pos.double() + keys)
+            slot, dst_pos = slot[order], dst_pos[order]
+            keep = offset < fanout  # offsets in destination order, unchanged by the sort
+            slot, dst_pos = slot[keep], dst_pos[keep]
+        return self.src[slot], dst_pos, self.e_id[slot]
+
+
+class _Relabel:
+    r"""Global -> local node ids of one node type during one batch: local ids are assigned in
+    order of arrival (new nodes of one step sorted by global id); a kept map is reset after
+    the batch, so a batch costs its own size, not the node count."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.map = torch.full((num_nodes, ), -1, dtype=torch.long)
+        self.nodes: List[Tensor] = []
+        self.count = 0
+
+    def start(self, nodes: Tensor) -> None:
+        r"""Registers distinct :obj:`nodes` as local ids ``0..n-1``, in their order."""
+        self.map[nodes] = torch.arange(nodes.numel())
+        self.count = nodes.numel()
+        self.nodes = [nodes]
+
+    def add(self, ids: Tensor) -> Tensor:
+        r"""Registers the new ids among :obj:`ids`; returns the new ones (sorted)."""
+        new = torch.unique(ids[self.map[ids] < 0])
+        self.map[new] = torch.arange(self.count, self.count + new.numel())
+        self.count += new.numel()
+        self.nodes.append(new)
+        return new
+
+    def local(self, ids: Tensor) -> Tensor:
+        return self.map[ids]
+
+    def finish(self) -> Tensor:
+        r"""All nodes in local order; resets the map."""
+        nodes = torch.cat(self.nodes) if self.nodes else torch.empty(0, dtype=torch.long)
+        self.map[nodes] = -1
+        self.nodes, self.count = [], 0
+        return nodes
+
+
+class UserItemNeighborSampler(BaseSampler):
+    r"""Per-hop uniform neighbour sampling on the user-item graph from seed links, with torch
+    operations (PyG's :class:`~torch_geometric.sampler.NeighborSampler` needs pyg-lib or
+    torch-sparse), returning PyG's :class:`~torch_geometric.sampler.HeteroSamplerOutput`.
+
+    Args:
+        view (HeteroData): The graph to sample from (:func:`sampling_view`).
+        fanout (list of int): Neighbours drawn per node and hop (``-1``: all).
+        generator (torch.Generator, optional): The source of randomness; reseed it (or set
+            :attr:`generator`) for reproducible batches.
+    """
+
+    def __init__(self, view: HeteroData, fanout: Sequence[int],
+                 generator: Optional[torch.Generator] = None) -> None:
+        self.fanout = [int(f) for f in fanout]
+        self.num_nodes = {t: int(view[t].num_nodes) for t in ('user', 'item')}
+        self.incoming = {et: _Incoming(view[et].edge_index, self.num_nodes[et[2]])
+                         for et in HOP_TYPES}
+        self.relabel = {t: _Relabel(n) for t, n in self.num_nodes.items()}
+        self.generator = generator
+
+    def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> HeteroSamplerOutput:
+        raise NotImplementedError('UserItemNeighborSampler samples from seed links only')
+
+    def sample_from_edges(
+        self,
+        index: EdgeSamplerInput,
+        neg_sampling: Optional[NegativeSampling] = None,
+    ) -> HeteroSamplerOutput:
+        if neg_sampling is not None:
+            raise ValueError('UserItemNeighborSampler takes the batch\'s own negatives as seed '
+                             'links (edge_label 0); it does not draw negatives')
+        if tuple(index.input_type) != USER_ITEM:
+            raise ValueError(f'seed links must be {USER_ITEM} edges, got {index.input_type}')
+        relabel = self.relabel
+        seeds = {'user': index.row.long(), 'item': index.col.long()}
+        frontier = {t: relabel[t].add(ids) for t, ids in seeds.items()}
+        label_index = torch.stack([relabel['user'].local(seeds['user']),
+                                   relabel['item'].local(seeds['item'])])
+        num_sampled_nodes = {t: [f.numel()] for t, f in frontier.items()}
+        rows: Dict[EdgeType, List[Tensor]] = {et: [] for et in HOP_TYPES}
+        cols: Dict[EdgeType, List[Tensor]] = {et: [] for et in HOP_TYPES}
+        edges: Dict[EdgeType, List[Tensor]] = {et: [] for et in HOP_TYPES}
+        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in HOP_TYPES}
+        for fanout in self.fanout:
+            found: Dict[str, Tensor] = {}
+            for edge_type in HOP_TYPES:
+                src_type, _, dst_type = edge_type
+                dst = frontier[dst_type]
+                src, dst_pos, e_id = self.incoming[edge_type].sample(dst, fanout,
+                                                                     self.generator)
+                found[src_type] = relabel[src_type].add(src)
+                rows[edge_type].append(relabel[src_type].local(src))
+                cols[edge_type].append(relabel[dst_type].local(dst)[dst_pos])
+                edges[edge_type].append(e_id)
+                num_sampled_edges[edge_type].append(e_id.numel())
+            frontier = found
+            for node_type, new in found.items():
+                num_sampled_nodes[node_type].append(new.numel())
+        return HeteroSamplerOutput(
+            node={t: relabel[t].finish() for t in ('user', 'item')},
+            row={et: torch.cat(v) for et, v in rows.items()},
+            col={et: torch.cat(v) for et, v in cols.items()},
+            edge={et: torch.cat(v) for et, v in edges.items()},
+            num_sampled_nodes=num_sampled_nodes,
+            num_sampled_edges=num_sampled_edges,
+            metadata=(index.input_id, label_index, index.label, index.time),
+        )
+
+
+class KnnClosure:
+    r"""Adds, to a sampler's output, every incoming kNN edge of the sampled items in each
+    ``('item', 'similar_<m>', 'item')`` graph, with their source items (a
+    ``transform_sampler_output`` of :class:`~torch_geometric.loader.LinkLoader`)."""
+
+    def __init__(self, view: HeteroData) -> None:
+        self.num_items = int(view['item'].num_nodes)
+        self.incoming = {et: _Incoming(view[et].edge_index, self.num_items)
+                         for et in knn_edge_types(view)}
+        self.relabel = _Relabel(self.num_items)
+
+    def __call__(self, out: HeteroSamplerOutput) -> HeteroSamplerOutput:
+        items = out.node['item']
+        relabel = self.relabel
+        relabel.start(items)
+        added = []
+        for edge_type, incoming in self.incoming.items():
+            src, dst_pos, e_id = incoming.sample(items, -1, None)
+            added.append(relabel.add(src))
+            out.row[edge_type] = relabel.local(src)
+            out.col[edge_type] = dst_pos
+            out.edge[edge_type] = e_id
+            if out.num_sampled_edges is not None:
+                out.num_sampled_edges[edge_type] = [e_id.numel()]
+        out.node['item'] = relabel.finish()
+        if out.num_sampled_nodes is not None:
+            out.num_sampled_nodes['item'] = (list(out.num_sampled_nodes['item']) +
+                                             [sum(a.numel() for a in added)])
+        return out
+
+
+class RescaledWeights:
+    r"""Rescales the sampled user-item edges' weights by :math:`d_i / s_i` (full degree over
+    drawn neighbours of the destination, see the module docstring); a ``transform`` of
+    :class:`~torch_geometric.loader.LinkLoader`."""
+
+    def __init__(self, view: HeteroData) -> None:
+        self.degree = {
+            et: torch.bincount(view[et].edge_index[1], minlength=int(view[et[2]].num_nodes))
+            for et in HOP_TYPES
+        }
+
+    def __call__(self, sub: HeteroData) -> HeteroData:
+        for edge_type in HOP_TYPES:
+            store = sub[edge_type]
+            dst_type = edge_type[2]
+            dst = store.edge_index[1]
+            drawn = torch.bincount(dst, minlength=int(sub[dst_type].num_nodes))
+            full = self.degree[edge_type][sub[dst_type].n_id]
+            scale = full.to(store.edge_weight.dtype) / drawn.clamp(min=1)
+            store.edge_weight = store.edge_weight * scale[dst]
+        return sub
