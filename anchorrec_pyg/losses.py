@@ -18,10 +18,12 @@ from anchorrec_pyg.nn.propagation import Adjacency
 
 __all__ = [
     'BPRLoss',
+    'WeightedBPRLoss',
     'EmbeddingL2Loss',
     'EmbLoss',
     'CosineMarginLoss',
     'CosineDistanceLoss',
+    'SymmetricBernoulliKL',
     'InfoNCE',
     'AALLoss',
     'SimilarityPreservationLoss',
@@ -45,6 +47,23 @@ class BPRLoss(torch.nn.Module):
 
     def forward(self, pos_score: Tensor, neg_score: Tensor) -> Tensor:
         return -F.logsigmoid(pos_score - neg_score).mean()
+
+
+class WeightedBPRLoss(torch.nn.Module):
+    r"""BPR with a weight per triple on each ranking direction (DA-MRS, SPEC §10)
+
+    .. math::
+        \mathcal{L} = -\frac{1}{B}\sum_{k=1}^{B}\big[w^+_k\log\sigma(x^+_k - x^-_k)
+        + w^-_k\log\sigma(x^-_k - x^+_k)\big],
+
+    with :math:`x^\pm` the positive and negative scores; the weights are taken as given
+    (detach them first if they must not carry gradient).
+    """
+
+    def forward(self, pos_score: Tensor, neg_score: Tensor, pos_weight: Tensor,
+                neg_weight: Tensor) -> Tensor:
+        diff = pos_score - neg_score
+        return -(pos_weight * F.logsigmoid(diff) + neg_weight * F.logsigmoid(-diff)).mean()
 
 
 class EmbeddingL2Loss(torch.nn.Module):
@@ -120,6 +139,28 @@ class CosineDistanceLoss(torch.nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
+
+
+class SymmetricBernoulliKL(torch.nn.Module):
+    r"""Mean symmetric KL divergence between elementwise Bernoulli distributions given by logits
+    (DA-MRS's alignment term, SPEC §10)
+
+    .. math::
+        \mathrm{KL} = \mathrm{mean}\big(\mathrm{kl}(p, q) + \mathrm{kl}(q, p)\big),\quad
+        \mathrm{kl}(p, q) = p\log\frac{p}{q} + (1 - p)\log\frac{1 - p}{1 - q},
+
+    :math:`p = \sigma(a)`, :math:`q = \sigma(b)`, with the logs taken as
+    :math:`\log\sigma(\pm a)` (MMRec takes ``log`` of the probabilities, the same values until
+    :math:`\sigma` rounds to 0 or 1, where it gives NaN).
+    """
+
+    def forward(self, logit_p: Tensor, logit_q: Tensor) -> Tensor:
+        p, q = torch.sigmoid(logit_p), torch.sigmoid(logit_q)
+        log_p, log_q = F.logsigmoid(logit_p), F.logsigmoid(logit_q)
+        log_not_p, log_not_q = F.logsigmoid(-logit_p), F.logsigmoid(-logit_q)
+        forward_kl = p * (log_p - log_q) + (1 - p) * (log_not_p - log_not_q)
+        backward_kl = q * (log_q - log_p) + (1 - q) * (log_not_q - log_not_p)
+        return (forward_kl + backward_kl).mean()
 
 
 class InfoNCE(torch.nn.Module):
