@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 from anchorrec_pyg import compare
 from anchorrec_pyg.analysis import cli as analysis_cli
 from anchorrec_pyg.errors import AnchorRecError, ConfigError
+from anchorrec_pyg.io import atomic_write_text, check_writable_file
 
 PROG = 'anchorrec-pyg'
 METRIC_LABELS = {
@@ -185,6 +186,8 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from anchorrec_pyg.train.runner import load_trained_model
     if args.k < 1:
         raise ConfigError(f'--k must be >= 1 (got {args.k})')
+    if args.output is not None:
+        check_writable_file(args.output)
     model, data, config = load_trained_model(args.run, args.device)
     num_users = int(data['user'].num_nodes)
     bad = [u for u in args.users if not 0 <= u < num_users]
@@ -197,7 +200,6 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         for user, row in zip(args.users, items.tolist()):
             print(f"user {user}: {' '.join(str(i) for i in row)}")
         return
-    from anchorrec_pyg.train.checkpoint import atomic_write_text
     rows = [['user', 'rank', 'item', 'score']]
     for user, row, values in zip(args.users, items.tolist(), scores.tolist()):
         rows += [[user, rank, item, f'{score:.6g}']

@@ -37,7 +37,6 @@ import dataclasses
 import io
 import json
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,6 +51,13 @@ from anchorrec_pyg.config import (
     run_identity,
 )
 from anchorrec_pyg.errors import ConfigError, DataError
+from anchorrec_pyg.io import (
+    LOCK_FILE,
+    atomic_write,
+    atomic_write_text,
+    default_out_dir,
+    lock_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +196,7 @@ def _check_folder(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     from anchorrec_pyg.train.trainer import _first_difference
     path = out / IDENTITY_FILE
     if not path.is_file():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
             raise ConfigError(f'{out} is not empty and holds no {IDENTITY_FILE}: not a compare '
                               f'folder; choose another --out')
         return identity
@@ -245,12 +251,12 @@ def run_comparison(
     r"""Trains every model (its grid reduced by :obj:`budget`) in ``<out>/<model>/``, resuming
     finished runs, and writes ``compare.json``, the table and (with matplotlib) the chart.
 
+    The folder is locked for the whole comparison (a second process is refused, naming this
+    one's pid).
+
     Returns:
         One row per model, ranked by test Recall@20 (see :func:`format_table`).
     """
-    from anchorrec_pyg.train.checkpoint import atomic_write_text
-    from anchorrec_pyg.train.runner import ExperimentRunner
-    from anchorrec_pyg.train.trainer import NonFiniteLossError
     missing = [m for m in TABLE_METRICS if int(m.split('@')[1]) not in base.eval.ks]
     if missing:
         raise ConfigError(f'eval.ks must include 10 and 20 for the comparison table (got '
@@ -258,7 +264,15 @@ def run_comparison(
     identity = _check_folder(out, _identity(base, configs))
     for model in models:
         _check_modalities(model, configs[model])
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out):
+        return _compare_locked(models, configs, base, out, identity, budget, progress)
+
+
+def _compare_locked(models: Sequence[str], configs: dict[str, ExperimentConfig],
+                    base: ExperimentConfig, out: Path, identity: dict[str, Any],
+                    budget: int | None, progress: bool) -> list[dict[str, Any]]:
+    from anchorrec_pyg.train.runner import ExperimentRunner
+    from anchorrec_pyg.train.trainer import NonFiniteLossError
     atomic_write_text(out / IDENTITY_FILE, json.dumps({'identity': identity}, indent=2) + '\n')
 
     rows = []
@@ -381,7 +395,6 @@ def write_chart(rows: list[dict[str, Any]], base: ExperimentConfig, path: Path) 
         logger.warning('matplotlib is not installed, so %s was not written: %s', path.name,
                        PLOTS_HINT)
         return False
-    from anchorrec_pyg.train.checkpoint import atomic_write
     ok = [r for r in rows if r['status'] == 'ok']
     width = 0.8 / max(len(ok), 1)
     x = np.arange(len(TABLE_METRICS))
@@ -402,17 +415,6 @@ def write_chart(rows: list[dict[str, Any]], base: ExperimentConfig, path: Path) 
     finally:
         plt.close(fig)
     return True
-
-
-def default_out_dir(dataset: str) -> Path:
-    r"""``runs/compare-<dataset>-<timestamp>`` (a suffix is added if it exists)."""
-    stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
-    base = Path('runs') / f'compare-{dataset}-{stamp}'
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f'{base.name}-{n}')
-    return out
 
 
 # Command line ################################################################################
@@ -457,7 +459,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     configs_dir = Path(args.configs) if args.configs else CONFIGS_DIR
     configs = compare_configs(models, base, overrides, _parse_model_configs(args.model_config),
                               args.epochs, args.seeds, configs_dir)
-    out = Path(args.out) if args.out else default_out_dir(base.data.name)
+    out = Path(args.out) if args.out else default_out_dir(f'compare-{base.data.name}')
     rows = run_comparison(models, configs, base, out, args.budget, progress=not args.quiet)
     print(format_table(rows, base), end='')
     chart = out / CHART_PNG

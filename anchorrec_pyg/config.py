@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import logging
 import os
 import re
 import types
@@ -53,11 +54,29 @@ DEFAULT_MODEL = 'anchorrec'
 SECTIONS = ('data', 'model', 'train', 'eval', 'grid', 'seeds', 'out')
 _DEVICE = re.compile(r'^(auto|cpu|mps|cuda(:\d+)?)$')
 _METRIC = re.compile(r'^(recall|ndcg|precision|map|hit)@(\d+)$')
+#: The seeds :func:`torch.manual_seed` accepts.
+SEED_RANGE = (-2**63, 2**64 - 1)
+
+logger = logging.getLogger(__name__)
 
 
 class _SafeLoader(yaml.SafeLoader):
     r"""PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (YAML 1.1, which
-    PyYAML follows, needs ``1.0e-3`` and would read ``1e-3`` as a string)."""
+    PyYAML follows, needs ``1.0e-3`` and would read ``1e-3`` as a string), and refusing a
+    mapping that repeats a key (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'duplicate key {key!r} (first on line '
+                    f'{seen[key].start_mark.line + 1}, again on line '
+                    f'{key_node.start_mark.line + 1})', key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _SafeLoader.add_implicit_resolver(
@@ -267,6 +286,9 @@ class ExperimentConfig:
         _require(len(self.seeds) > 0, 'seeds', 'must list at least one seed')
         _require(len(set(self.seeds)) == len(self.seeds), 'seeds',
                  f'must not repeat a seed (got {self.seeds})')
+        for seed in self.seeds:
+            _require(SEED_RANGE[0] <= seed <= SEED_RANGE[1], 'seeds',
+                     f'must fit 64 bits, from -2**63 to 2**64 - 1 (got {seed})')
         for key, values in self.grid.items():
             _require(isinstance(values, list) and len(values) > 0, f'grid.{key}',
                      'must be a non-empty list of values')
@@ -522,10 +544,16 @@ def _read_yaml(path: Union[str, os.PathLike]) -> Any:
         raise ConfigError(f'config file not found: {path}')
     try:
         with open(path, encoding='utf-8') as f:
-            return _safe_load(f)
+            raw = _safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f'{path}: not a UTF-8 text file (byte {e.start}: '
+                          f'{e.object[e.start:e.start + 1]!r}); a config is YAML text') from None
     except yaml.YAMLError as e:
         reason = ' '.join(str(e).split())
         raise ConfigError(f'{path}: not valid YAML ({reason})') from None
+    if raw is None:
+        logger.warning('%s: empty config: using the defaults', path)
+    return raw
 
 
 def load_config(

@@ -20,3 +20,12 @@ class ConfigError(AnchorRecError, ValueError):
 
 class CheckpointError(AnchorRecError, ValueError):
     """A checkpoint or run folder is missing, malformed or refused as unsafe."""
+
+
+class OutputError(AnchorRecError, ValueError):
+    """An output file or folder cannot be written (read-only, a folder where a file is
+    expected, a file where a folder is expected, a full disk)."""
+
+
+class FolderInUseError(AnchorRecError, RuntimeError):
+    """Another process holds the lock of the run or comparison folder."""

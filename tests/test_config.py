@@ -1,5 +1,6 @@
 """Config loading and validation (Contract 3): defaults = configs/default.yaml, typed keys,
 one-line errors naming the dotted key."""
+import logging
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,28 @@ def test_override_errors_name_the_key():
         load_config(None, ['train.lrr=0.1'])
     with pytest.raises(ConfigError, match=r'cannot set train.lr.x: train.lr is not a section'):
         load_config(None, {'train.lr': 0.1, 'train.lr.x': 1})
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    path = tmp_path / 'dup.yaml'
+    path.write_text('train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n')
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML \(duplicate key 'lr' "
+                       r'\(first on line 2, again on line 4\)') as info:
+        load_config(path)
+    assert '\n' not in str(info.value)
+    path.write_text('train:\n  lr: 0.1\ntrain:\n  epochs: 3\n')
+    with pytest.raises(ConfigError, match=r"duplicate key 'train' \(first on line 1, again on "
+                       r'line 3\)'):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"--set eval: .*duplicate key 'ks'"):
+        load_config(None, ['eval={ks: [5], ks: [10]}'])
+
+
+@pytest.mark.parametrize('text', ['', '\n\n', '# only a comment\n'])
+def test_empty_config_says_it_uses_the_defaults(tmp_path, caplog, text):
+    path = tmp_path / 'empty.yaml'
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger='anchorrec_pyg.config'):
+        config = load_config(path)
+    assert config == load_config(None)
+    assert f'{path}: empty config: using the defaults' in caplog.text

@@ -133,6 +133,7 @@ def test_second_load_hits_cache_and_only_real_changes_rebuild(tiny_copy, monkeyp
     assert len(builds) == 5
     assert changed.processed_paths != first.processed_paths
     assert not os.path.exists(first.processed_paths[0])  # the stale file is replaced
+    assert not os.path.exists(first.processed_paths[0] + '.sha256')
     assert changed[0]['item'].x_text[0, 0] == pytest.approx(float(x[0, 0]))
 
     MMRecDataset(root, name, log=False, force_reload=True)
@@ -147,15 +148,25 @@ class _Payload:
         return (open, (self.marker, 'w'))
 
 
-def test_hostile_processed_file_is_refused(tiny_copy, tmp_path):
+def test_hostile_processed_file_is_refused(tiny_copy, tmp_path, caplog):
     root, name = tiny_copy
     path = MMRecDataset(root, name, log=False).processed_paths[0]
     marker = tmp_path / 'pwned'
     torch.save({'format': dataset_module.PROCESSED_FORMAT, 'data': _Payload(marker)}, path)
+    # its SHA-256 differs from the recorded one: rebuilt, never read
+    with caplog.at_level(logging.WARNING, logger='anchorrec_pyg.data.dataset'):
+        rebuilt = MMRecDataset(root, name, log=False)
+    assert rebuilt[0]['user'].num_nodes == 60 and not marker.exists()
+    assert 'corrupt processed file' in caplog.text
+
+    # without a recorded checksum (a file written before checksums): refused by the loader
+    torch.save({'format': dataset_module.PROCESSED_FORMAT, 'data': _Payload(marker)}, path)
+    os.unlink(path + '.sha256')
     with pytest.raises(DataError, match='refused as a processed file') as e:
         MMRecDataset(root, name, log=False)
     assert not marker.exists()
-    assert path in str(e.value) and 'force_reload=True' in str(e.value)
+    assert path in str(e.value) and 'delete it and rerun to rebuild it' in str(e.value)
+    assert 'force_reload' not in str(e.value)  # the command line cannot pass it
 
     Path(path).write_bytes(b'\x00garbage')
     with pytest.raises(DataError, match='refused as a processed file'):
@@ -166,10 +177,38 @@ def test_hostile_processed_file_is_refused(tiny_copy, tmp_path):
     assert MMRecDataset(root, name, log=False, force_reload=True)[0]['user'].num_nodes == 60
 
 
+def _flip_bytes_of(path: str, tensor: torch.Tensor) -> None:
+    """Flips one bit in the middle of :obj:`tensor`'s bytes inside the file :obj:`path`."""
+    raw = bytearray(Path(path).read_bytes())
+    start = raw.find(tensor.numpy().tobytes())
+    assert start >= 0
+    raw[start + tensor.numel() * tensor.element_size() // 2] ^= 0x10
+    Path(path).write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize('recorded', [True, False])
+def test_corrupt_cache_is_rebuilt_with_a_warning(tiny_copy, caplog, recorded):
+    """A flipped bit in the cached kNN weights is caught (by the recorded SHA-256, or without
+    one by the zip CRC) and the cache rebuilt, instead of training on wrong weights."""
+    root, name = tiny_copy
+    first = MMRecDataset(root, name, log=False)
+    path = first.processed_paths[0]
+    weight = first[0]['item', 'similar_text', 'item'].edge_weight
+    _flip_bytes_of(path, weight)
+    if not recorded:
+        os.unlink(path + '.sha256')
+    with caplog.at_level(logging.WARNING, logger='anchorrec_pyg.data.dataset'):
+        again = MMRecDataset(root, name, log=False)
+    assert f'{path}: corrupt processed file' in caplog.text and 'rebuilding it' in caplog.text
+    assert torch.equal(again[0]['item', 'similar_text', 'item'].edge_weight, weight)
+    assert os.path.isfile(path + '.sha256')
+
+
 def test_mm_source_concat(tiny_copy):
     root, name = tiny_copy
     shutil.rmtree(Path(root) / f'{name}_beit3')
-    with pytest.raises(DataError, match=r'image_feat.npy in .*tiny_beit3/.*mm_source: concat'):
+    with pytest.raises(DataError, match=r'image_feat.npy in .*tiny_beit3/.*set '
+                       r'data.mm_source=concat \(argument mm_source\)'):
         MMRecDataset(root, name, log=False)
     data = MMRecDataset(root, name, mm_source='concat', log=False)[0]
     assert data.mm_source == 'concat'
@@ -186,7 +225,8 @@ def test_custom_file_names_and_folders(tiny_copy, tmp_path):
     os.rename(Path(root) / f'{name}_beit3', mm_dir)
     os.rename(mm_dir / 'image_feat.npy', mm_dir / 'beit3.npy')
     os.rename(folder / f'{name}.inter', folder / 'interactions.inter')
-    with pytest.raises(DataError, match=r"found interactions.inter: pass inter_file="):
+    with pytest.raises(DataError, match=r'found interactions.inter: set '
+                       r'data.inter_file=interactions.inter \(argument inter_file\)'):
         MMRecDataset(root, name, log=False)
     ds = MMRecDataset(root, name, text_file='sbert.npy', mm_dir=mm_dir, mm_file='beit3.npy',
                       inter_file='interactions.inter', processed_dir=tmp_path / 'proc',
@@ -210,6 +250,16 @@ def test_download_explains_where_files_go(tmp_path, name, mentions):
         assert text in message
     assert f'dataset folder {tmp_path / name} not found' in message
     assert not (tmp_path / name).exists()  # nothing created
+
+
+def test_hints_name_the_config_keys_a_user_types(tiny_copy):
+    root, name = tiny_copy
+    os.unlink(Path(root) / name / 'image_feat.npy')
+    with pytest.raises(DataError) as e:
+        MMRecDataset(root, name, log=False)
+    assert 'data.modalities=[text] (argument modalities)' in str(e.value)
+    assert "('text',)" not in str(e.value)  # no Python syntax where the user types a key
+    assert not (Path(root) / name / 'processed').exists()
 
 
 def test_read_only_folder_falls_back_to_home(tiny_copy, anchorrec_home, caplog):
@@ -251,8 +301,7 @@ def test_bad_feature_file_fails_cleanly(tiny_copy):
     replace_features(root, name, np.ones((39, 16), np.float32))
     with pytest.raises(DataError, match=r'text_feat.npy: has 39 rows but .* I = 40'):
         MMRecDataset(root, name, log=False)
-    processed = Path(root) / name / 'processed'
-    assert not processed.exists() or not any(processed.iterdir())  # nothing half-written
+    assert not (Path(root) / name / 'processed').exists()  # a refused folder is left as it was
 
 
 def test_zero_feature_rows_warn_and_keep_self_loops(tiny_copy, caplog):

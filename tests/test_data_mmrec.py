@@ -116,7 +116,9 @@ class _Payload:
     (lambda p: np.save(p, np.array([[1.0, np.nan]] * 4)), 'NaN or inf'),
     (lambda p: np.save(p, np.array([[1.0, 2.0], [np.inf, 0.0]] * 2)), 'NaN or inf'),
     (lambda p: np.save(p, np.full((4, 2), 1e300)), r'NaN or inf .* after conversion to float32'),
-    (lambda p: p.write_bytes(b'not an npy file at all'), 'refusing to load pickled data'),
+    (lambda p: p.write_bytes(b'not an npy file at all'), r'not a .npy file \(no .npy header'),
+    (lambda p: p.write_text('0.1\t0.2\n0.3\t0.4\n'), r'not a .npy file \(no .npy header'),
+    (lambda p: p.write_bytes(b''), r'not a .npy file \(an empty file\)'),
     (lambda p: p.write_bytes(np.lib.format.MAGIC_PREFIX + b'\x01\x00garbage'),
      'not a readable .npy array'),
 ])
@@ -161,3 +163,12 @@ def test_concat_anchor_cosine_is_mean_of_modalities():
 
     np.testing.assert_allclose(cos(mm[:4]), (cos(image[:4]) + cos(text[:4])) / 2, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(mm[4]), np.sqrt(0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize('text', ['', '\n', '  \n\n'])
+def test_empty_inter_file_is_called_empty(tmp_path, text):
+    path = tmp_path / 'empty.inter'
+    path.write_text(text)
+    with pytest.raises(DataError, match=r'empty.inter: empty file \(expected a tab-separated '
+                       r'header line with the columns userID, itemID, x_label'):
+        load_inter(path)

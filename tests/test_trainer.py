@@ -9,7 +9,12 @@ import torch
 from anchorrec_pyg.config import EvalConfig, TrainConfig
 from anchorrec_pyg.errors import CheckpointError
 from anchorrec_pyg.models import LightGCN
-from anchorrec_pyg.train.checkpoint import best_weights_path, load_checkpoint, load_weights
+from anchorrec_pyg.train.checkpoint import (
+    best_weights_path,
+    load_checkpoint,
+    load_weights,
+    save_weights,
+)
 from anchorrec_pyg.train.evaluator import evaluate
 from anchorrec_pyg.train.trainer import NonFiniteLossError, Trainer, checkpoint_weights
 
@@ -154,7 +159,8 @@ def test_checkpoint_contents_load_with_weights_only(tiny_data, tmp_path):
     state = torch.load(path, weights_only=True)
     assert state['finished'] is True and state['result']['best_epoch'] >= 1
     assert set(checkpoint_weights(state)) == set(trainer.model.state_dict())
-    assert sorted(os.listdir(tmp_path)) == ['run.pt']  # no temporary or best-weights file left
+    # no temporary or best-weights file left; the checkpoint's SHA-256 beside it
+    assert sorted(os.listdir(tmp_path)) == ['run.pt', 'run.pt.sha256']
 
 
 def test_best_weights_beside_the_checkpoint_equal_the_in_memory_copy(tiny_data, tmp_path):
@@ -230,3 +236,16 @@ def test_corrupt_or_foreign_checkpoint(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match='checkpoint not found'):
         load_checkpoint(tmp_path / 'missing.pt')
+
+
+def test_corrupt_best_weights_file_is_refused(tmp_path):
+    path = tmp_path / 'run.best.pt'
+    weights = {'w': torch.arange(256, dtype=torch.float32)}
+    save_weights(path, weights, epoch=3)
+    assert torch.equal(load_weights(path, 3)['w'], weights['w'])
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(weights['w'].numpy().tobytes()) + 517] ^= 0x08
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r'run.best.pt: corrupt weights file \(its SHA-256 '
+                       r'differs from the one recorded in run.best.pt.sha256\); delete it'):
+        load_weights(path, 3)

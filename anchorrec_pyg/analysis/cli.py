@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.io import check_writable_folder
 
 PROG = 'anchorrec-pyg analyze'
 DEFAULT_OUT = 'analysis'
@@ -50,6 +51,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f'--out {out} exists and is not a folder')
+    check_writable_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from anchorrec_pyg.train.checkpoint import atomic_write, atomic_write_text
+from anchorrec_pyg.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,10 @@ r"""MMRec-format datasets as one PyG :class:`~torch_geometric.data.HeteroData` (
 and builds, once, the graphs of SPEC §2; the result is cached in a processed file whose name
 holds a hash of the build parameters and of the raw files' bytes, so that changing either
 rebuilds it, and nothing else does. The processed file holds only tensors and primitives and is
-read with ``torch.load(weights_only=True)``; anything else is refused.
+read with ``torch.load(weights_only=True)``; anything else is refused. Its SHA-256 is recorded
+beside it (``<file>.sha256``, :func:`anchorrec_pyg.io.atomic_write`) and checked before every
+load: a corrupt cache is rebuilt, with a warning. The processed folder is created only when a
+build has succeeded, so a refused dataset folder is left as it was.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from anchorrec_pyg.data.mmrec import (
     load_inter,
 )
 from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.io import atomic_write, remove_file, verify_checksum, zip_crc_ok
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +71,16 @@ def _file_hash(path: str, digest: 'hashlib._Hash') -> None:
 
 
 def _is_writable_dir(path: str) -> bool:
-    """Whether ``path`` can be created and written. A folder whose permission bits forbid
-    writing for everyone counts as read-only even for root, who could write there anyway."""
+    """Whether ``path`` can be created and written, tested in its nearest existing folder
+    without creating anything that stays. A folder whose permission bits forbid writing for
+    everyone counts as read-only even for root, who could write there anyway."""
     existing = path
     while not osp.exists(existing) and osp.dirname(existing) != existing:
         existing = osp.dirname(existing)
-    if not os.stat(existing).st_mode & 0o222:
+    if not osp.isdir(existing) or not os.stat(existing).st_mode & 0o222:
         return False
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError:
         return False
@@ -259,27 +263,28 @@ class MMRecDataset(InMemoryDataset):
                 message += f'; the fused BEiT-3 features are AlignRec\'s, see {ALIGNREC_DATA_URL}'
             message += ')'
         if any(role == 'mm' for role, _ in missing):
-            message += ("; without fused features set data.mm_source: concat (mm_source="
-                        "'concat') to derive the anchor from the image and text files")
+            message += ('; without fused features set data.mm_source=concat (argument '
+                        'mm_source) to derive the anchor from the image and text files')
         if self.modalities != ('text',) and any(r in ('image', 'mm') for r, _ in missing) \
                 and osp.isfile(osp.join(self.raw_dir, self.text_file)):
-            message += "; or load only what exists, e.g. modalities=('text',)"
+            message += ('; or load only what exists, e.g. data.modalities=[text] (argument '
+                        'modalities)')
         if any(role == 'inter' for role, _ in missing) and osp.isdir(self.raw_dir):
             found = sorted(f for f in os.listdir(self.raw_dir) if f.endswith('.inter'))
             if found:
-                message += f'; found {", ".join(found)}: pass inter_file={found[0]!r}'
+                message += (f'; found {", ".join(found)}: set data.inter_file={found[0]} '
+                            f'(argument inter_file)')
         raise DataError(message)
 
     def _process(self) -> None:
         path = self.processed_paths[0]
         if not self.force_reload and osp.isfile(path):
-            return
+            if self._cache_intact(path):
+                return
+            logger.warning('%s: corrupt processed file (%s); rebuilding it', path,
+                           'its SHA-256 differs from the recorded one'
+                           if verify_checksum(path) is False else 'its zip CRC check fails')
         start = time.perf_counter()
-        try:
-            os.makedirs(self.processed_dir, exist_ok=True)
-        except OSError as e:
-            raise DataError(f'cannot create the processed folder {self.processed_dir} '
-                            f'({e.strerror}); pass processed_dir=...') from None
         self.process()
         if self.log:
             logger.info('processed %s (%s, k=%d) in %.2fs -> %s', self.name,
@@ -343,24 +348,28 @@ class MMRecDataset(InMemoryDataset):
         payload = {'format': PROCESSED_FORMAT, 'version': PROCESSED_VERSION,
                    'key': self.cache_key, 'data': data_list[0].to_dict()}
         folder = osp.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.pt')
         try:
-            with os.fdopen(fd, 'wb') as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if osp.exists(tmp):
-                os.unlink(tmp)
-            raise
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise DataError(f'cannot create the processed folder {folder} ({e.strerror}); '
+                            f'set data.processed_dir to a writable folder') from None
+        atomic_write(path, lambda f: torch.save(payload, f), checksum=True)
         params_hash = self.cache_key.split('-')[0]
         for stale in Path(folder).glob(f'data-{params_hash}-*.pt'):
             if str(stale) != path:
-                stale.unlink(missing_ok=True)
+                remove_file(stale)
+
+    @staticmethod
+    def _cache_intact(path: str) -> bool:
+        """Whether the processed file has its recorded SHA-256 (or, written without one, passes
+        its zip container's CRC check)."""
+        recorded = verify_checksum(path)
+        return zip_crc_ok(path) if recorded is None else recorded
 
     def load(self, path: str, data_cls: type = HeteroData) -> None:
         """Reads a processed file with ``torch.load(weights_only=True)`` only; a file that
         holds anything but tensors and primitives, or not this format, raises DataError."""
-        hint = 'delete it or pass force_reload=True'
+        hint = 'delete it and rerun to rebuild it'
         try:
             payload = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means the file is refused

@@ -82,7 +82,11 @@ def _read_columns(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f'interaction file not found: {path}')
     with open(path, encoding='utf-8') as f:
-        header = f.readline().rstrip('\r\n').split('\t')
+        first = f.readline()
+    if not first.strip():
+        raise DataError(f'{path}: empty file (expected a tab-separated header line with the '
+                        f"columns {', '.join(REQUIRED_COLUMNS)}, then one interaction per line)")
+    header = first.rstrip('\r\n').split('\t')
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: missing required column {missing[0]!r} in the tab-separated "
@@ -190,12 +194,19 @@ def load_features(path: str | os.PathLike, num_items: int | None = None) -> np.n
     path = Path(path)
     if not path.is_file():
         raise DataError(f'feature file not found: {path}')
+    with open(path, 'rb') as f:
+        magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if magic.startswith(b'\x80'):
+        raise DataError(f'{path}: refusing to load pickled data (a pickle, not a .npy array)')
+    if magic != np.lib.format.MAGIC_PREFIX:
+        found = 'an empty file' if not magic else 'no .npy header: text or another format'
+        raise DataError(f'{path}: not a .npy file ({found}); save the features with numpy.save')
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as e:
         if 'pickle' in str(e):
-            raise DataError(f'{path}: refusing to load pickled data (object arrays or '
-                            'non-.npy files are not accepted as features)') from None
+            raise DataError(f'{path}: refusing to load pickled data (an object array; save '
+                            'the features as a float array)') from None
         raise DataError(f'{path}: not a readable .npy array ({e})') from None
     except (OSError, EOFError) as e:
         raise DataError(f'{path}: not a readable .npy array ({e})') from None

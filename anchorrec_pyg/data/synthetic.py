@@ -26,7 +26,6 @@ interactions, for benchmarks).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +41,7 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data.mmrec import anchorrec_home
 from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.io import atomic_write, lock_file
 
 logger = logging.getLogger(__name__)
 
@@ -196,17 +196,6 @@ def generate_arrays(preset: str | SyntheticPreset = 'default',
     return table, features
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate_synthetic(root: str | os.PathLike, name: str = 'default',
                        preset: str = 'default', seed: int = 0, overwrite: bool = False) -> Path:
     r"""Writes a generated dataset in the MMRec on-disk format and returns ``<root>/<name>``.
@@ -232,16 +221,16 @@ def generate_synthetic(root: str | os.PathLike, name: str = 'default',
         (staging / name).mkdir()
         (staging / f'{name}_beit3').mkdir()
         header = 'userID\titemID\trating\ttimestamp\tx_label'
-        _write_atomic(staging / name / f'{name}.inter', lambda f: np.savetxt(
+        atomic_write(staging / name / f'{name}.inter', lambda f: np.savetxt(
             f, table, fmt='%d', delimiter='\t', header=header, comments=''))
         for key, target in (('image', staging / name / 'image_feat.npy'),
                             ('text', staging / name / 'text_feat.npy'),
                             ('mm', staging / f'{name}_beit3' / 'image_feat.npy')):
-            _write_atomic(target, lambda f, a=features[key]: np.save(f, a, allow_pickle=False))
+            atomic_write(target, lambda f, a=features[key]: np.save(f, a, allow_pickle=False))
         marker = {'generator_version': GENERATOR_VERSION, 'preset': preset, 'seed': seed,
                   'params': dataclasses.asdict(PRESETS[preset])}
-        _write_atomic(staging / name / MARKER_FILE,
-                      lambda f: f.write(json.dumps(marker, indent=2).encode()))
+        atomic_write(staging / name / MARKER_FILE,
+                     lambda f: f.write(json.dumps(marker, indent=2).encode()))
         for target in existing:
             shutil.rmtree(target)
         os.replace(staging / f'{name}_beit3', mm_folder)
@@ -266,22 +255,6 @@ def _is_complete(root: Path, name: str, preset: str, seed: int) -> bool:
                                           root / f'{name}_beit3' / 'image_feat.npy')))
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` (a no-op where ``fcntl`` is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_default_dataset(root: str | os.PathLike | None = None, preset: str = 'default',
                            seed: int = 0) -> tuple[str, str]:
     r"""Returns ``(root, name)`` of the generated dataset ``preset``/``seed``, generating it
@@ -295,7 +268,7 @@ def ensure_default_dataset(root: str | os.PathLike | None = None, preset: str = 
     root = Path(root).expanduser() if root is not None else anchorrec_home() / 'datasets'
     name = preset if seed == 0 else f'{preset}-seed{seed}'
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f'.{name}.lock'):
+    with lock_file(root / f'.{name}.lock', blocking=True):
         if not _is_complete(root, name, preset, seed):
             generate_synthetic(root, name, preset, seed, overwrite=True)
     return str(root), name

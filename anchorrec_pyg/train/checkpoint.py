@@ -7,61 +7,66 @@ the resolved configuration as plain YAML types), so that it loads with
 ``__reduce__`` payload, for instance) is refused with
 :class:`~anchorrec_pyg.errors.CheckpointError` before any of its code can run.
 
-Writes go to a temporary file in the same folder, which then atomically replaces the target
-(:func:`os.replace`), so a run killed mid-write leaves the previous checkpoint intact.
+Writes go through :func:`anchorrec_pyg.io.atomic_write` (a temporary file in the same folder,
+then :func:`os.replace`), so a run killed mid-write leaves the previous checkpoint intact, and
+record the file's SHA-256 in ``<file>.sha256``. Loading verifies it first (or, for a file
+written without one, the zip container's CRC-32s): a corrupt file is refused with a one-line
+error naming it and how to recover, before :func:`torch.load` reads it.
 """
 import os
 import pickle
-import tempfile
+import re
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import torch
 
 from anchorrec_pyg.errors import CheckpointError
+from anchorrec_pyg.io import atomic_write, checksum_path, verify_checksum, zip_crc_ok
 
 FORMAT = 'anchorrec-pyg/checkpoint'
 VERSION = 1
 REQUIRED_KEYS = ('format', 'version', 'config', 'model', 'epoch', 'finished')
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Any) -> None:
-    r"""Calls :obj:`write(file)` on a temporary file next to :obj:`path`, then moves it into
-    place with :func:`os.replace` (atomic on POSIX and Windows)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    r"""Writes :obj:`text` (UTF-8) to :obj:`path` atomically."""
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
 def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
     r"""Writes :obj:`state` (tensors and primitives only) atomically, tagged with the format
     name and version."""
     payload = {'format': FORMAT, 'version': VERSION, **state}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f), checksum=True)
+
+
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+_REASONS = ('Unsupported global', 'Unsupported operand', 'Trying to load', 'Unsupported')
 
 
 def _reason(error: Exception) -> str:
-    r"""The informative line of a (often multi-paragraph) torch loading error."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(('Unsupported', 'Trying to load')):
-            return line[:200]
+    r"""The informative line of a (often multi-paragraph) torch loading error, without its
+    terminal escape codes (``WeightsUnpickler error: Unsupported global: ...``)."""
+    lines = [line.strip() for line in _ANSI.sub('', str(error)).splitlines() if line.strip()]
+    for marker in _REASONS:
+        for line in lines:
+            if marker in line:
+                sentence = line[line.index(marker):].split('. ')[0]
+                return sentence.rstrip('.')[:200]
     return lines[0][:200] if lines else type(error).__name__
+
+
+def _check_integrity(path: Path, what: str) -> None:
+    r"""Refuses a file whose SHA-256 differs from the one recorded when it was written (or,
+    without a record, whose zip container fails its CRC-32 check)."""
+    recorded = verify_checksum(path)
+    if recorded is None and zip_crc_ok(path):
+        return
+    if recorded is None:
+        reason = 'its zip container fails the CRC check'
+    elif recorded:
+        return
+    else:
+        reason = f'its SHA-256 differs from the one recorded in {checksum_path(path).name}'
+    raise CheckpointError(f'{path}: corrupt {what} ({reason}); delete it and its '
+                          f'{checksum_path(path).name}, then rerun train --resume on its run '
+                          f'folder to retrain that run')
 
 
 def _safe_load(path: Path, what: str) -> Any:
@@ -69,6 +74,7 @@ def _safe_load(path: Path, what: str) -> Any:
     :class:`CheckpointError` naming the file (:obj:`what` names its kind)."""
     if not path.is_file():
         raise CheckpointError(f'{what} not found: {path}')
+    _check_integrity(path, what)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
@@ -108,7 +114,8 @@ def best_weights_path(path: Union[str, os.PathLike]) -> Path:
 def save_weights(path: Union[str, os.PathLike], weights: Dict[str, Any], epoch: int) -> None:
     r"""Writes the state dict of :obj:`epoch` atomically, tagged like a checkpoint."""
     atomic_write(path, lambda f: torch.save({'format': FORMAT, 'version': VERSION,
-                                             'epoch': int(epoch), 'weights': weights}, f))
+                                             'epoch': int(epoch), 'weights': weights}, f),
+                 checksum=True)
 
 
 def load_weights(path: Union[str, os.PathLike], epoch: int) -> Dict[str, Any]:

@@ -23,9 +23,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -43,7 +43,15 @@ from anchorrec_pyg.config import (
     run_identity,
 )
 from anchorrec_pyg.errors import CheckpointError, ConfigError
-from anchorrec_pyg.train.checkpoint import atomic_write_text
+from anchorrec_pyg.io import (
+    LOCK_FILE,
+    atomic_write_text,
+    check_writable_folder,
+    default_out_dir,
+    lock_folder,
+    remove_empty_folders,
+    remove_temporary_files,
+)
 from anchorrec_pyg.train.trainer import NonFiniteLossError, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -89,18 +97,6 @@ def build_model(config: ExperimentConfig, data: HeteroData, seed: int) -> torch.
     return get_model_class(config.model_name)(data, config.model)
 
 
-def default_out_dir(config: ExperimentConfig) -> Path:
-    r"""``runs/<model>-<dataset>-<timestamp>`` under the current folder (a suffix is added if
-    that folder exists)."""
-    stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
-    base = Path('runs') / f'{config.model_name}-{config.data.name}-{stamp}'
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f'{base.name}-{n}')
-    return out
-
-
 def _csv_text(rows: List[Dict[str, Any]], first: Sequence[str] = ()) -> str:
     columns = list(first)
     for row in rows:
@@ -135,7 +131,7 @@ class ExperimentRunner:
     Args:
         config (ExperimentConfig): The experiment.
         out (str or Path, optional): The output folder; defaults to ``config.out`` or
-            :func:`default_out_dir`.
+            :func:`anchorrec_pyg.io.default_out_dir` (``runs/<model>-<dataset>-<timestamp>``).
         resume (bool, optional): Continue the run in :obj:`out` (its ``config.yaml`` must equal
             :obj:`config`); finished runs are not retrained. (default: :obj:`False`)
         progress (bool, optional): Show progress bars. (default: :obj:`False`)
@@ -152,14 +148,17 @@ class ExperimentRunner:
         combinations: Optional[Sequence[int]] = None,
     ) -> None:
         out = out if out is not None else config.out
-        self.out = Path(out) if out is not None else default_out_dir(config)
+        self.out = (Path(out) if out is not None
+                    else default_out_dir(f'{config.model_name}-{config.data.name}'))
         self.config = config_from_dict({**config_to_dict(config), 'out': str(self.out)})
         self.resume = resume
         self.progress = progress
         self.subset = None if combinations is None else sorted(set(combinations))
         self._data: Dict[str, HeteroData] = {}
 
-    def _prepare_folder(self) -> None:
+    def _check_folder(self) -> None:
+        r"""Refuses an output folder this run may not write (called with the folder's lock
+        held, before anything is written)."""
         config_path = self.out / CONFIG_FILE
         if self.resume:
             if not config_path.is_file():
@@ -169,11 +168,23 @@ class ExperimentRunner:
                 raise ConfigError(f'{config_path}: the run being resumed has another '
                                   f'configuration; resume without --config/--set or pass the '
                                   f'same ones')
-        elif self.out.exists() and any(self.out.iterdir()):
+            remove_temporary_files(self.out)
+        elif any(entry.name != LOCK_FILE for entry in self.out.iterdir()):
             raise ConfigError(f'output folder {self.out} is not empty; pass --resume to '
                               f'continue the run in it or choose another --out')
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_path, dump_config(self.config))
+
+    def _remove_unfinished(self) -> None:
+        r"""After a fresh run failed before its first checkpoint, removes what it wrote (the
+        folder was empty or missing), so that the fixed rerun finds nothing in its way."""
+        if self.resume or any((self.out / RUNS_DIR).glob(f'*/{CHECKPOINT_FILE}')):
+            return
+        for entry in self.out.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def data_for(self, config: ExperimentConfig) -> HeteroData:
         r"""The dataset of :obj:`config`, loaded once per distinct data configuration."""
@@ -198,15 +209,44 @@ class ExperimentRunner:
         return result
 
     def run(self) -> Dict[str, Any]:
-        r"""Trains everything, writes the run folder and returns the summary."""
+        r"""Trains everything, writes the run folder and returns the summary.
+
+        The configuration, the data of every combination and the output folder are checked
+        before anything is written; the folder is locked for the whole run (a second process
+        is refused, naming this one's pid); a fresh run that fails before its first checkpoint
+        removes what it wrote.
+        """
         start = time.perf_counter()
-        self._prepare_folder()
         config = self.config
         combinations = config.combinations()
         indices = range(len(combinations)) if self.subset is None else self.subset
         if not indices or not all(0 <= c < len(combinations) for c in indices):
             raise ConfigError(f'combinations must be indices of the {len(combinations)} grid '
                               f'combinations, got {self.subset}')
+        check_writable_folder(self.out)
+        for c in indices:
+            self.data_for(config.single_run(combinations[c], config.seeds[0]))
+        created = next((folder for folder in reversed([self.out, *self.out.parents])
+                        if not folder.exists()), None)
+        failed = checked = False
+        try:
+            with lock_folder(self.out):
+                try:
+                    self._check_folder()
+                    checked = True
+                    atomic_write_text(self.out / CONFIG_FILE, dump_config(config))
+                    return self._run(config, combinations, indices, start)
+                except Exception:
+                    failed = True
+                    if checked:
+                        self._remove_unfinished()
+                    raise
+        finally:
+            if failed and created is not None:
+                remove_empty_folders(self.out, created)
+
+    def _run(self, config: ExperimentConfig, combinations: List[Dict[str, Any]],
+             indices: Sequence[int], start: float) -> Dict[str, Any]:
         metric = config.eval.metric
         rows: List[Dict[str, Any]] = []
         history: List[Dict[str, Any]] = []

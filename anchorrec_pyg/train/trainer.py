@@ -37,6 +37,7 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
+from anchorrec_pyg.io import remove_file
 from anchorrec_pyg.train.checkpoint import (
     best_weights_path,
     load_checkpoint,
@@ -276,6 +277,10 @@ class Trainer:
             return self.best_weights
         return load_weights(best_weights_path(self.checkpoint_path), self.best_epoch)
 
+    def _remove_best_weights(self) -> None:
+        if self.checkpoint_path is not None:
+            remove_file(best_weights_path(self.checkpoint_path))
+
     # Training ################################################################################
 
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -342,6 +347,7 @@ class Trainer:
             if done is not None:
                 logger.info('%srun already finished (best epoch %d)', self.log_prefix,
                             done.best_epoch)
+                self._remove_best_weights()  # left behind if the run was killed just then
                 return done
             logger.info('%sresuming after epoch %d', self.log_prefix, self.epoch)
 
@@ -393,8 +399,7 @@ class Trainer:
                              valid=self.best_valid, test=test, stopped_early=self.stopped_early,
                              history=self.history)
         self._save_checkpoint(result)
-        if self.checkpoint_path is not None:
-            best_weights_path(self.checkpoint_path).unlink(missing_ok=True)
+        self._remove_best_weights()
         logger.info('%sbest epoch %d: valid %s %.4f, test %s %.4f', self.log_prefix,
                     self.best_epoch, self.eval_cfg.metric, self.best_valid[self.eval_cfg.metric],
                     self.eval_cfg.metric, test[self.eval_cfg.metric])
