@@ -198,11 +198,17 @@ def remove_file(path: PathLike) -> None:
     checksum_path(path).unlink(missing_ok=True)
 
 
+def is_temporary(path: PathLike) -> bool:
+    r"""Whether :obj:`path` is named like a temporary file of :func:`atomic_write`."""
+    name = Path(path).name
+    return name.startswith('.') and name.endswith(TEMP_SUFFIX) and Path(path).is_file()
+
+
 def remove_temporary_files(folder: PathLike) -> None:
     r"""Removes the temporary files that killed writers left under :obj:`folder`; call it only
     while holding the folder's lock (no other writer is running)."""
     for tmp in Path(folder).rglob(f'.*{TEMP_SUFFIX}'):
-        if tmp.is_file():
+        if is_temporary(tmp):
             tmp.unlink(missing_ok=True)
 
 

@@ -48,6 +48,7 @@ from anchorrec_pyg.io import (
     atomic_write_text,
     check_writable_folder,
     default_out_dir,
+    is_temporary,
     lock_folder,
     remove_empty_folders,
     remove_temporary_files,
@@ -157,8 +158,9 @@ class ExperimentRunner:
         self._data: Dict[str, HeteroData] = {}
 
     def _check_folder(self) -> None:
-        r"""Refuses an output folder this run may not write (called with the folder's lock
-        held, before anything is written)."""
+        r"""Refuses an output folder this run may not write, after removing the temporary
+        files of a killed writer (called with the folder's lock held, before anything is
+        written)."""
         config_path = self.out / CONFIG_FILE
         if self.resume:
             if not config_path.is_file():
@@ -168,10 +170,11 @@ class ExperimentRunner:
                 raise ConfigError(f'{config_path}: the run being resumed has another '
                                   f'configuration; resume without --config/--set or pass the '
                                   f'same ones')
-            remove_temporary_files(self.out)
-        elif any(entry.name != LOCK_FILE for entry in self.out.iterdir()):
+        elif any(entry.name != LOCK_FILE and not is_temporary(entry)
+                 for entry in self.out.iterdir()):
             raise ConfigError(f'output folder {self.out} is not empty; pass --resume to '
                               f'continue the run in it or choose another --out')
+        remove_temporary_files(self.out)
 
     def _remove_unfinished(self) -> None:
         r"""After a fresh run failed before its first checkpoint, removes what it wrote (the
