@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from anchorrec_pyg import compare
+from anchorrec_pyg import catalogue_cli, compare
 from anchorrec_pyg.analysis import cli as analysis_cli
 from anchorrec_pyg.errors import AnchorRecError, ConfigError
-from anchorrec_pyg.io import atomic_write_text, check_writable_file
 
 PROG = 'anchorrec-pyg'
 METRIC_LABELS = {
@@ -43,8 +42,12 @@ A run folder means its selected combination's best seed (summary.json: selected.
 RECOMMEND_EXAMPLES = f'''examples:
   {PROG} recommend runs/anchorrec-default-20250101-120000 --users 0 1 2
   {PROG} recommend runs/ar --users 5 17 --k 10 --output top10.csv
+  {PROG} recommend serve/shop --all-users --k 20 --output top20.csv   # an export folder
 
-Training items of each user are never recommended. The CSV has the columns
+Training items of each user are never recommended; a user with fewer candidate items than k
+gets all of them (with a note). Ids are the dataset's: the original ids when it was made by
+featurize (user_map.csv, item_map.csv). An export folder with items.faiss is searched through
+the index (exact; --no-index for the dense product). The CSV has the columns
 user, rank, item, score.'''
 
 
@@ -107,14 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         'recommend', formatter_class=formatter, help='top-K recommendations of a trained run',
         description='Print or write the top-K items of each user, training items excluded.',
         epilog=RECOMMEND_EXAMPLES)
-    recommend.add_argument('run', metavar='RUN_DIR_OR_CHECKPOINT')
-    recommend.add_argument('--users', metavar='USER', type=int, nargs='+', required=True,
-                           help='user ids (0-based, as in the .inter file)')
+    recommend.add_argument('run', metavar='RUN_DIR_CHECKPOINT_OR_EXPORT')
+    recommend.add_argument('--users', metavar='USER', nargs='+',
+                           help='user ids: 0-based as in the .inter file, or the original ids '
+                           'when the dataset has a user_map.csv')
+    recommend.add_argument('--all-users', action='store_true', help='every user')
+    recommend.add_argument('--no-index', action='store_true',
+                           help="rank by the dense product even when an export has an index")
     recommend.add_argument('--k', type=int, default=20, help='list length (default: 20)')
     recommend.add_argument('--output', metavar='FILE.csv',
                            help='write user,rank,item,score rows to this CSV instead of printing')
     common(recommend)
     recommend.set_defaults(func=cmd_recommend)
+    catalogue_cli.add_parsers(sub)
     compare.add_parsers(sub)
     analysis_cli.add_parsers(sub)
     return parser
@@ -180,33 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    import torch
-
-    from anchorrec_pyg.train.evaluator import Evaluator
-    from anchorrec_pyg.train.runner import load_trained_model
-    if args.k < 1:
-        raise ConfigError(f'--k must be >= 1 (got {args.k})')
-    if args.output is not None:
-        check_writable_file(args.output)
-    model, data, config = load_trained_model(args.run, args.device)
-    num_users = int(data['user'].num_nodes)
-    bad = [u for u in args.users if not 0 <= u < num_users]
-    if bad:
-        raise ConfigError(f'--users: user id {bad[0]} is out of range (the dataset has '
-                          f'{num_users} users, ids 0..{num_users - 1})')
-    evaluator = Evaluator(data, (args.k, ), config.eval.batch_size, progress=not args.quiet)
-    items, scores = evaluator.rank(model, data, torch.tensor(args.users), args.k)
-    if args.output is None:
-        for user, row in zip(args.users, items.tolist()):
-            print(f"user {user}: {' '.join(str(i) for i in row)}")
-        return
-    rows = [['user', 'rank', 'item', 'score']]
-    for user, row, values in zip(args.users, items.tolist(), scores.tolist()):
-        rows += [[user, rank, item, f'{score:.6g}']
-                 for rank, (item, score) in enumerate(zip(row, values), start=1)]
-    lines = [','.join(str(c) for c in row) for row in rows]
-    atomic_write_text(args.output, '\n'.join(lines) + '\n')
-    print(f'wrote {len(rows) - 1} recommendations of {len(args.users)} users to {args.output}')
+    catalogue_cli.recommend(args)
 
 
 def configure_logging(quiet: bool) -> None:

@@ -103,6 +103,28 @@ def test_recommend_excludes_training_items(trained, tmp_path, anchorrec_home):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_recommend_never_lists_training_items_when_k_exceeds_the_candidates(
+        trained, anchorrec_home):
+    out, _, _ = trained
+    data = MMRecDataset(anchorrec_home / 'datasets', 'tiny', log=False)[0]
+    num_items = int(data['item'].num_nodes)
+    train = {}
+    for u, i in data['user', 'interacts', 'item'].edge_index.t().tolist():
+        train.setdefault(u, set()).add(i)
+    k = num_items + 5
+    code, stdout, stderr = run(['recommend', str(out), '--users', '0', '3', '--k', str(k),
+                                '--quiet'])
+    assert code == 0
+    for line, user in zip(stdout.strip().splitlines(), (0, 3)):
+        items = [int(i) for i in line.split(':')[1].split()]
+        assert sorted(items) == sorted(set(range(num_items)) - train[user])
+    fewest = num_items - max(len(train[0]), len(train[3]))
+    assert stderr == (f'note: --k {k} exceeds the candidate items of 2 of 2 users '
+                      f'({num_items} items minus their training items; fewest: {fewest}): '
+                      'their lists hold all their candidates, training items are never '
+                      'listed\n')
+
+
 def test_resume_of_a_finished_run(trained):
     out, stdout, _ = trained
     code, again, _ = run(['train', '--out', str(out), '--resume', '--quiet'])

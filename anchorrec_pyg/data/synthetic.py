@@ -124,7 +124,7 @@ def _view(rng: np.random.Generator, latent: np.ndarray, p: SyntheticPreset, out_
     return act(h).astype(np.float32)
 
 
-def _mmrec_split(rng: np.random.Generator, user: np.ndarray) -> np.ndarray:
+def mmrec_split(rng: np.random.Generator, user: np.ndarray) -> np.ndarray:
     """x_label per row by MMRec's per-user random split rule (SPEC §1)."""
     order = np.lexsort((rng.random(user.size), user))
     counts = np.bincount(user)
@@ -181,7 +181,7 @@ def generate_arrays(preset: str | SyntheticPreset = 'default',
     popularity = p.popularity_sigma * rng.standard_normal(p.num_items)
 
     user, item = _interactions(rng, p, user_taste, item_taste, popularity)
-    label = _mmrec_split(rng, user)
+    label = mmrec_split(rng, user)
     rating = rng.integers(1, 6, size=user.size)
     timestamp = TIMESTAMP_START + np.sort(rng.integers(0, 10**8, size=user.size))
     table = np.stack([user, item, rating, timestamp, label], axis=1).astype(np.int64)
