@@ -12,6 +12,7 @@ delay. The points are drawn from the uninterrupted run's own call counts with se
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -102,7 +103,8 @@ def _install(kill: Optional[Tuple[str, int, float]], counts: Dict[str, int]) -> 
 def _child(argv: List[str], kill: Optional[Tuple[str, int, float]], counts_file: str) -> None:
     counts: Dict[str, int] = {}
     _install(kill, counts)
-    code = main(argv)
+    with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(quiet):
+        code = main(argv)
     Path(counts_file).write_text(json.dumps(counts))
     sys.exit(code)
 

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import os.path as osp
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,8 +31,14 @@ from anchorrec_pyg.data.mmrec import (
     load_features,
     load_inter,
 )
-from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.io import atomic_write, remove_file, verify_checksum, zip_crc_ok
+from anchorrec_pyg.errors import DataError, OutputError
+from anchorrec_pyg.io import (
+    atomic_write,
+    check_writable_folder,
+    remove_file,
+    verify_checksum,
+    zip_crc_ok,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,23 +73,6 @@ def _file_hash(path: str, digest: 'hashlib._Hash') -> None:
     with open(path, 'rb') as f:
         while chunk := f.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
-
-
-def _is_writable_dir(path: str) -> bool:
-    """Whether ``path`` can be created and written, tested in its nearest existing folder
-    without creating anything that stays. A folder whose permission bits forbid writing for
-    everyone counts as read-only even for root, who could write there anyway."""
-    existing = path
-    while not osp.exists(existing) and osp.dirname(existing) != existing:
-        existing = osp.dirname(existing)
-    if not osp.isdir(existing) or not os.stat(existing).st_mode & 0o222:
-        return False
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError:
-        return False
-    return True
 
 
 class MMRecDataset(InMemoryDataset):
@@ -203,12 +191,14 @@ class MMRecDataset(InMemoryDataset):
         if self._processed_dir_arg is not None:
             return osp.abspath(osp.expanduser(os.fspath(self._processed_dir_arg)))
         default = osp.join(self.raw_dir, 'processed')
-        if _is_writable_dir(default):
-            return default
-        folder_hash = hashlib.blake2b(self.raw_dir.encode(), digest_size=6).hexdigest()
-        fallback = str(anchorrec_home() / 'processed' / f'{self.name}-{folder_hash}')
-        logger.info('%s is not writable; processed files go to %s', default, fallback)
-        return fallback
+        try:
+            check_writable_folder(default)  # a read-only folder by its mode bits, even for root
+        except OutputError:
+            folder_hash = hashlib.blake2b(self.raw_dir.encode(), digest_size=6).hexdigest()
+            fallback = str(anchorrec_home() / 'processed' / f'{self.name}-{folder_hash}')
+            logger.info('%s is not writable; processed files go to %s', default, fallback)
+            return fallback
+        return default
 
     @property
     def build_params(self) -> dict[str, Any]:

@@ -16,7 +16,11 @@ Run folder (Contract 4)::
                             "test": {...}, "selected": {"params": ..., ...}, ...}
     <out>/runs.csv         one row per combination x seed: parameters, valid and test metrics
     <out>/history.csv      every run's per-epoch records, with the run id
-    <out>/runs/<run_id>/   checkpoint.pt, history.csv, metrics.json, config.yaml
+    <out>/runs/<run_id>/   checkpoint.pt (+ checkpoint.pt.sha256), history.csv, metrics.json,
+                           config.yaml
+    <out>/.lock            present while a process runs in the folder (fcntl.flock)
+
+Every file is written whole (:func:`anchorrec_pyg.io.atomic_write`).
 """
 import csv
 import io
