@@ -247,6 +247,19 @@ def test_end_to_end_featurize_train_export_recommend(catalogue, tmp_path):
     np.testing.assert_allclose(image[sample], ImageEncoder(str(catalogue['image'])).encode(
         pictures), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(mm, concat_anchor(image, text))
+    # The same command again finds the folder complete; a changed image makes it another one.
+    stamp = os.stat(folder / 'image_feat.npy').st_mtime_ns
+    args = featurize_args(catalogue, data, '--image-encoder', str(catalogue['image']))
+    assert run(args)[0] == 0 and os.stat(folder / 'image_feat.npy').st_mtime_ns == stamp
+    picture = catalogue['items'].parent / texts[items[0]]['image']
+    original = picture.read_bytes()
+    try:
+        from PIL import Image
+        Image.new('RGB', (24, 24), (1, 2, 3)).save(picture)
+        code, _, stderr = run(args)
+        assert code == 2 and 'already holds a different dataset' in stderr
+    finally:
+        picture.write_bytes(original)
     manifest = json.loads((folder / 'manifest.json').read_text())
     assert manifest['mm_source'] == 'concat'
     assert manifest['encoders']['text']['dim'] == 32

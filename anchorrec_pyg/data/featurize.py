@@ -34,8 +34,10 @@ Encoding is batched, shows progress bars and holds one chunk of items in memory 
 every encoded chunk is kept under ``<root>/.<name>.featurize-cache/`` (named by the hash of its
 inputs and of the encoder), so an interrupted run, rerun with the same arguments, skips the
 chunks it has; the cache is removed when the folder is complete. The folders are written in a
-staging folder and renamed into place. An existing ``<root>/<name>`` is replaced only when its
-manifest records the same request (then nothing is recomputed) or with ``overwrite=True``.
+staging folder and renamed into place. An existing ``<root>/<name>`` is kept as it is when its
+manifest records the same request (the md5 of both input files, every option, the encoders'
+files, and each image's path, size and modification time), and replaced only with
+``overwrite=True``.
 """
 from __future__ import annotations
 
@@ -589,19 +591,6 @@ def featurize(opts: FeaturizeOptions, root: str | os.PathLike, name: str,
                                          opts.batch_size, opts.device)
     if opts.joint_encoder:
         encoders['mm'] = JointEncoder(opts.joint_encoder, opts.batch_size, opts.device)
-    request = _request(opts, encoders)
-    request_id = _request_id(request)
-    existing = _existing_request(folder) if folder.exists() else None
-    if folder.exists() and any(folder.iterdir()):
-        if existing == request_id:
-            logger.info('%s already holds this dataset (same inputs, options and encoders)',
-                        folder)
-            return folder
-        if not overwrite:
-            what = 'a different dataset' if existing else 'files not written by featurize'
-            raise DataError(f'--out: {folder} already holds {what}; choose another --name or '
-                            'pass --overwrite to replace it')
-
     warnings: Dict[str, Any] = {k: cat.stats[k] for k in
                                 ('duplicate_interactions', 'unknown_items',
                                  'items_without_interactions', 'items_repeated_rows')}
@@ -625,6 +614,30 @@ def featurize(opts: FeaturizeOptions, root: str | os.PathLike, name: str,
             logger.warning('%d of %d items have a missing or unreadable image: zero image rows '
                            '(first: %s)', len(bad), len(cat.items), first)
     warnings['missing_images'] = len(bad)
+    texts, ok = cat.texts, [r not in bad for r in range(len(cat.items))]
+
+    def image_payload(r: int) -> List[str]:
+        path = image_paths[r] if ok[r] else None
+        if path is None:
+            return ['']
+        stat = path.stat()
+        return [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
+
+    request = _request(opts, encoders)
+    if image_paths:  # the images themselves: path, size and modification time of each
+        request['images'] = _chunk_key('', [x for r in range(len(texts))
+                                            for x in image_payload(r)])
+    request_id = _request_id(request)
+    existing = _existing_request(folder) if folder.exists() else None
+    if folder.exists() and any(folder.iterdir()):
+        if existing == request_id:
+            logger.info('%s already holds this dataset (same inputs, options and encoders)',
+                        folder)
+            return folder
+        if not overwrite:
+            what = 'a different dataset' if existing else 'files not written by featurize'
+            raise DataError(f'--out: {folder} already holds {what}; choose another --name or '
+                            'pass --overwrite to replace it')
 
     root.mkdir(parents=True, exist_ok=True)
     cache = root / f'.{name}.featurize-cache'
@@ -635,15 +648,6 @@ def featurize(opts: FeaturizeOptions, root: str | os.PathLike, name: str,
         _write_inter(data_dir / f'{name}.inter', cat)
         _write_map(data_dir / USER_MAP, cat.users)
         _write_map(data_dir / ITEM_MAP, cat.items)
-        texts, ok = cat.texts, [r not in bad for r in range(len(cat.items))]
-
-        def image_payload(r: int) -> List[str]:
-            path = image_paths[r] if ok[r] else None
-            if path is None:
-                return ['']
-            stat = path.stat()
-            return [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
-
         if 'text' in encoders:
             enc = encoders['text']
 
