@@ -192,6 +192,18 @@ def atomic_write_text(path: PathLike, text: str, checksum: bool = False) -> None
     atomic_write(path, lambda f: f.write(text.encode('utf-8')), checksum=checksum)
 
 
+def make_staging_folder(parent: PathLike, prefix: str) -> Path:
+    r"""A new hidden folder in :obj:`parent` (``<prefix><random>``) to build a whole folder in,
+    then move into place with :func:`os.replace`; its mode is ``0o777 & ~umask`` like any
+    folder the user creates (a bare :func:`tempfile.mkdtemp` folder would be ``0700``)."""
+    try:
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+        os.chmod(folder, 0o777 & ~_umask())
+    except OSError as e:
+        raise output_error(parent, e) from None
+    return folder
+
+
 def remove_file(path: PathLike) -> None:
     r"""Removes :obj:`path` and its checksum sidecar (either may be missing)."""
     Path(path).unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 never listed, short lists when k exceeds the candidates, the faiss index (PyG's MIPSKNNIndex)
 equal to the dense product (also past faiss's 2048 cap), and the export folder's files."""
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -131,3 +133,13 @@ def test_export_with_index(trained_run, tmp_path):
     assert [i[0] for i in indexed] == [d[0] for d in dense]
     np.testing.assert_allclose([s for i in indexed for s in i[1]],
                                [s for d in dense for s in d[1]], rtol=1e-5, atol=1e-6)
+
+
+def test_export_folder_and_files_follow_the_umask(trained_run, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        out = export_run(trained_run, tmp_path / 'serve', index=False)
+    finally:
+        os.umask(previous)
+    assert oct(stat.S_IMODE(out.stat().st_mode)) == oct(0o750)  # not mkdtemp's 0700
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {oct(0o640)}

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data.mmrec import anchorrec_home
 from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.io import atomic_write, lock_file
+from anchorrec_pyg.io import atomic_write, lock_file, make_staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def generate_synthetic(root: str | os.PathLike, name: str = 'default',
         raise DataError(f'{existing[0]} already exists; pass overwrite=True to replace it')
     table, features = generate_arrays(preset, seed)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f'.{name}.tmp-'))
+    staging = make_staging_folder(root, f'.{name}.tmp-')
     try:
         (staging / name).mkdir()
         (staging / f'{name}_beit3').mkdir()

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from anchorrec_pyg.errors import CheckpointError, ConfigError
+from anchorrec_pyg.io import atomic_write_text, make_staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def export_run(run: PathLike, out: PathLike, device: Optional[str] = None,
     indptr, items = _train_csr(data['user', 'interacts', 'item'].edge_index, num_users)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
+    staging = make_staging_folder(out.parent, f'.{out.name}.tmp-')
     try:
         for name, array in (('user_emb', user.numpy()), ('item_emb', item.numpy()),
                             ('train_indptr', indptr), ('train_items', items)):
@@ -347,7 +347,6 @@ def write_recommendations(path: PathLike, rec: Recommender, users: Sequence[int]
     import csv
     import io
 
-    from anchorrec_pyg.io import atomic_write_text
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(['user', 'rank', 'item', 'score'])
