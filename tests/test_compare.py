@@ -46,7 +46,8 @@ def _rows(path):
 
 
 def test_registry_lists_every_model_with_a_description():
-    assert set(MODELS) == {'anchorrec', 'alignrec', 'lightgcn', 'vbpr', 'freedom', 'bm3'}
+    assert set(MODELS) == {'anchorrec', 'alignrec', 'lightgcn', 'vbpr', 'freedom', 'bm3',
+                           'damrs'}
     for name, cls in MODELS.items():
         assert get_model_class(name.upper()) is cls
         assert cls.description and '\n' not in cls.description
@@ -81,6 +82,10 @@ def test_published_configs_carry_the_spec_grids():
                     'train.lr': [0.002, 0.001, 0.0005, 0.0003]},
         'bm3': {'train.lr': [0.005, 0.001, 0.0005, 0.0001], 'model.reg_weight': [0.1, 0.01],
                 'model.n_layers': [1, 2], 'model.dropout': [0.3, 0.5]},
+        'damrs': {'model.kl_weight': [0, 1e-4, 1e-3, 1e-2, 0.1, 1, 10],
+                  'model.neighbor_weight': [0, 1e-4, 1e-3, 1e-2, 0.1, 1],
+                  'model.n_mm_layers': [1, 2], 'model.knn_k': [3, 5, 10, 15, 20],
+                  'train.lr': [1e-3, 5e-4, 1e-4]},
     }
     for model, grid in grids.items():
         config = load_config(CONFIGS / 'baselines' / f'{model}.yaml')
@@ -211,7 +216,7 @@ def test_bad_model_names_and_overrides(tiny_mmrec_root, tmp_path, capsys):
     args[args.index('--models') + 1] = 'lattice'
     assert main(args) == 2
     assert ("unknown model 'lattice'; available: anchorrec, alignrec, lightgcn, vbpr, freedom, "
-            'bm3') in capsys.readouterr().err
+            'bm3, damrs') in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--set', 'model.tau=0.1')) == 2
     assert 'unknown key model.tau for every compared model' in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--budget', '0')) == 2

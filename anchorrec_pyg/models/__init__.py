@@ -12,6 +12,7 @@ from anchorrec_pyg.models.base import (
     require_item_features,
 )
 from anchorrec_pyg.models.bm3 import BM3
+from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.registry import MODELS, get_model_class
@@ -32,6 +33,7 @@ __all__ = [
     'VBPR',
     'FREEDOM',
     'BM3',
+    'DAMRS',
     'MODELS',
     'get_model_class',
 ]

@@ -10,6 +10,7 @@ from anchorrec_pyg.models.alignrec import AlignRec
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.models.base import RecModel
 from anchorrec_pyg.models.bm3 import BM3
+from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.vbpr import VBPR
@@ -23,6 +24,7 @@ MODELS: dict[str, type[RecModel]] = {
     'vbpr': VBPR,
     'freedom': FREEDOM,
     'bm3': BM3,
+    'damrs': DAMRS,
 }
 
 
