@@ -47,12 +47,12 @@ def _rows(path):
 
 def test_registry_lists_every_model_with_a_description():
     assert set(MODELS) == {'anchorrec', 'alignrec', 'lightgcn', 'vbpr', 'freedom', 'bm3',
-                           'damrs'}
+                           'damrs', 'lattice'}
     for name, cls in MODELS.items():
         assert get_model_class(name.upper()) is cls
         assert cls.description and '\n' not in cls.description
     with pytest.raises(ConfigError, match='must be one of alignrec, anchorrec, bm3'):
-        get_model_class('lattice')
+        get_model_class('nosuchmodel')
 
 
 def test_models_command_prints_one_line_per_model(capsys):
@@ -213,10 +213,10 @@ def test_missing_modality_fails_before_training(tiny_mmrec_root, tmp_path, capsy
 
 def test_bad_model_names_and_overrides(tiny_mmrec_root, tmp_path, capsys):
     args = compare_args(*tiny_mmrec_root, tmp_path / 'x')
-    args[args.index('--models') + 1] = 'lattice'
+    args[args.index('--models') + 1] = 'nosuchmodel'
     assert main(args) == 2
-    assert ("unknown model 'lattice'; available: anchorrec, alignrec, lightgcn, vbpr, freedom, "
-            'bm3, damrs') in capsys.readouterr().err
+    assert ("unknown model 'nosuchmodel'; available: anchorrec, alignrec, lightgcn, vbpr, "
+            'freedom, bm3, damrs, lattice') in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--set', 'model.tau=0.1')) == 2
     assert 'unknown key model.tau for every compared model' in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--budget', '0')) == 2

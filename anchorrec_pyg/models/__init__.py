@@ -14,6 +14,7 @@ from anchorrec_pyg.models.base import (
 from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
+from anchorrec_pyg.models.lattice import LATTICE
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.registry import MODELS, get_model_class
 from anchorrec_pyg.models.vbpr import VBPR
@@ -34,6 +35,7 @@ __all__ = [
     'FREEDOM',
     'BM3',
     'DAMRS',
+    'LATTICE',
     'MODELS',
     'get_model_class',
 ]

@@ -12,6 +12,7 @@ from anchorrec_pyg.models.base import RecModel
 from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
+from anchorrec_pyg.models.lattice import LATTICE
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.vbpr import VBPR
 
@@ -25,6 +26,7 @@ MODELS: dict[str, type[RecModel]] = {
     'freedom': FREEDOM,
     'bm3': BM3,
     'damrs': DAMRS,
+    'lattice': LATTICE,
 }
 
 
