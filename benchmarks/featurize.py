@@ -145,6 +145,14 @@ def bench_recommend(args, work: Path) -> None:
           f'({rec.num_users} users, {rec.num_items} items, d = {rec.item_emb.size(1)}), '
           f'{torch.get_num_threads()} threads')
     print(table(rows, ['ranking', 'users', 'k', 'seconds', 'same lists']))
+    differ = [(d, i) for d, i in zip(dense, indexed) if d[0] != i[0]]
+    if differ:
+        same_items = sum(sorted(d[0]) == sorted(i[0]) for d, i in differ)
+        gap = max(abs(sd - si) for d, i in differ
+                  for a, b, sd, si in zip(d[0], i[0], d[1], i[1]) if a != b)
+        print(f'{len(differ)} lists differ: {same_items} of them hold the same items in another '
+              f'order; largest score difference at a differing rank: {gap:.1e} (near-ties '
+              'decided by float32 rounding: faiss and torch sum the products in another order)')
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ minus the user's training items) gets the shorter list of all of them. With an i
 goes through :meth:`torch_geometric.nn.pool.MIPSKNNIndex.search` with the training items as
 ``exclude_links``; it is exact (a flat index), and a user for whom faiss's limit of 2048 results
 cuts the list short is ranked by the dense product instead, so both paths give the same lists
-(``tests/test_export.py``).
+(``tests/test_export.py``), except where two items' scores tie to float32 rounding (faiss and
+torch sum the products in different orders; 1 of 19,445 Baby-shaped users in
+``benchmarks/featurize.py``).
 """
 from __future__ import annotations
 
