@@ -11,11 +11,17 @@ settings, read from its published configuration file (:func:`published_config_pa
 * on any other dataset (the embedded default, your own) the same files for Baby: the published
   grids do not depend on the dataset.
 
-``--budget N`` keeps at most ``N`` combinations of each model's grid: the first ``N`` of a fixed
-random permutation of the grid (:func:`budget_indices`, seed :data:`BUDGET_SEED`), so the choice
-is deterministic and a larger budget keeps the runs of a smaller one. ``--epochs`` overrides
-``train.epochs`` of every model. ``--set`` overrides a key of every model's configuration; a
+``--budget N`` trains at most ``N`` combinations of each model's grid: the model's best-known
+settings (the values of its file, :func:`published_combination`) first, then the first ``N - 1``
+others of a fixed random permutation of the grid (:func:`budget_indices`, seed
+:data:`BUDGET_SEED`), so the choice is deterministic and a larger budget keeps the runs of a
+smaller one. ``--epochs`` caps ``train.epochs`` of every model (early stopping on validation,
+``--patience``, ends runs sooner). ``--set`` overrides a key of every model's configuration; a
 ``model.<key>`` override goes to the models that have that key.
+
+Every table has a popularity reference row (:func:`popularity_row`: same data, splits and
+metrics, scored by the same evaluator, not trained); a model whose selected run does not beat
+it, or whose selected runs reached the epoch cap, is flagged in the table and the log.
 
 The output folder holds one run folder per model (Contract 4) and::
 
@@ -65,38 +71,70 @@ __all__ = [
     'PAPER_DATASETS',
     'TABLE_METRICS',
     'budget_indices',
+    'published_combination',
     'published_config_path',
     'compare_configs',
     'run_comparison',
     'format_table',
+    'popularity_row',
     'add_parsers',
 ]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / 'configs'
-"""The published configurations of a source checkout (``--configs`` points elsewhere)."""
+CONFIGS_DIR = Path(__file__).resolve().parent / 'configs'
+"""The published configurations, shipped with the package (package data; in a source checkout
+a link to the repository's ``configs/``); ``--configs`` points elsewhere."""
 
 PAPER_DATASETS = ('baby', 'sports', 'office', 'games')
 REFERENCE_DATASET = 'baby'
 BASELINES_DIR = 'baselines'
 BUDGET_SEED = 0
 TABLE_METRICS = ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')
+RANK_METRIC = 'recall@20'
+POPULARITY = 'popularity'
 IDENTITY_FILE = 'compare.json'
 TABLE_MD, TABLE_CSV, CHART_PNG = 'comparison.md', 'comparison.csv', 'comparison.png'
 PLOTS_HINT = ("pip install 'anchorrec-pyg[plots]' (matplotlib) and rerun the same command to "
               f'also get {CHART_PNG}')
 
 
-def budget_indices(total: int, budget: int | None) -> list[int]:
+def published_combination(config: ExperimentConfig, path: Path | str = 'the config') -> int:
+    r"""The index in :meth:`~anchorrec_pyg.config.ExperimentConfig.combinations` of the
+    combination equal to :obj:`config`'s own settings (its ``model:`` and ``train:`` values of
+    the grid's keys): the model's best-known settings, which a budget evaluates first.
+
+    Raises:
+        ConfigError: if a grid key's own value is not among the grid's values (naming
+            :obj:`path`, the key and both).
+    """
+    raw = config_to_dict(config)
+    own = {}
+    for key, values in config.grid.items():
+        node: Any = raw
+        for part in key.split('.'):
+            node = node[part]
+        if node not in values:
+            raise ConfigError(f'{path}: {key} is {node!r}, not one of the grid values {values}; '
+                              f'budgets start from the config\'s own settings: add it to the '
+                              f'grid or set one of them')
+        own[key] = node
+    return config.combinations().index(own)
+
+
+def budget_indices(total: int, budget: int | None, first: int = 0) -> list[int]:
     r"""The grid combinations kept by ``--budget``: all of them without a budget (or when
-    ``budget >= total``), else the first :obj:`budget` of a fixed random permutation of
-    ``range(total)`` (seed :data:`BUDGET_SEED`), sorted. A larger budget keeps every
-    combination of a smaller one."""
+    ``budget >= total``), else :obj:`first` (the published settings,
+    :func:`published_combination`) followed by the first ``budget - 1`` others of a fixed random
+    permutation of ``range(total)`` (seed :data:`BUDGET_SEED`), sorted. A larger budget keeps
+    every combination of a smaller one."""
     if budget is not None and budget < 1:
         raise ConfigError(f'--budget must be >= 1 (got {budget})')
+    if not 0 <= first < total:
+        raise ConfigError(f'combination {first} is not one of the {total} grid combinations')
     if budget is None or budget >= total:
         return list(range(total))
     order = np.random.default_rng(BUDGET_SEED).permutation(total)
-    return sorted(int(c) for c in order[:budget])
+    rest = [int(c) for c in order if c != first]
+    return sorted([first, *rest[:budget - 1]])
 
 
 def published_config_path(model: str, dataset: str, configs_dir: Path = CONFIGS_DIR) -> Path:
@@ -134,15 +172,17 @@ def compare_configs(
     epochs: int | None = None,
     seeds: Sequence[int] | None = None,
     configs_dir: Path = CONFIGS_DIR,
+    patience: int | None = None,
 ) -> dict[str, ExperimentConfig]:
     r"""Each model's configuration for the comparison: its published file (or
     ``model_configs[model]``) with the ``data`` and ``eval`` sections of :obj:`base`, then
     :obj:`overrides` (``--set KEY=VALUE``; ``model.<key>`` only where the model has the key),
-    :obj:`epochs` and :obj:`seeds`.
+    :obj:`epochs` (the cap), :obj:`patience` and :obj:`seeds`.
 
     Raises:
         ConfigError: for an unknown model (listing the valid ones), an override no model
-            accepts, or an invalid file.
+            accepts, an invalid file, or one whose own settings are not a point of its grid
+            (:func:`published_combination`).
     """
     from anchorrec_pyg.models.registry import MODELS
     unknown = [m for m in models if m not in MODELS]
@@ -169,6 +209,8 @@ def compare_configs(
         changes: dict[str, Any] = {'data': shared['data'], 'eval': shared['eval'], 'out': None}
         if epochs is not None:
             changes['train.epochs'] = epochs
+        if patience is not None:
+            changes['train.patience'] = patience
         if seeds is not None:
             changes['seeds'] = list(seeds)
         for key, value in pairs:
@@ -177,6 +219,7 @@ def compare_configs(
         config = load_config(path, changes)
         if config.model_name != model:
             raise ConfigError(f'{path}: model.name is {config.model_name!r}, expected {model!r}')
+        published_combination(config, path)
         configs[model] = config
     return configs
 
@@ -240,6 +283,45 @@ def _epoch_time(folder: Path) -> float:
     return float(np.mean(times)) if times else float('nan')
 
 
+def popularity_row(base: ExperimentConfig) -> dict[str, Any]:
+    r"""The popularity reference row: :class:`~anchorrec_pyg.train.evaluator.PopularityScorer`
+    evaluated by the same :class:`~anchorrec_pyg.train.evaluator.Evaluator` as every model (same
+    data, splits, cut-offs and masking, SPEC §5) on validation and test. It has no seeds: its
+    standard deviations are 0."""
+    from anchorrec_pyg.train.evaluator import Evaluator, PopularityScorer
+    from anchorrec_pyg.train.runner import load_data, mean_std
+    data = load_data(base.data, (), log=False)
+    evaluator = Evaluator(data, base.eval.ks, base.eval.batch_size)
+    scorer = PopularityScorer(data)
+    return {'model': POPULARITY, 'status': 'reference',
+            'valid': mean_std([evaluator.evaluate(scorer, data, 'valid')]),
+            'test': mean_std([evaluator.evaluate(scorer, data, 'test')])}
+
+
+def _check_against(row: dict[str, Any], reference: dict[str, Any], cap: int,
+                   metric: str) -> list[str]:
+    r"""The flags of a trained model's row: its selected runs do not beat the popularity
+    reference (on test :data:`RANK_METRIC`, the ranking, or on validation :obj:`metric`, the
+    selection), or some reached the epoch cap without early stopping (maybe under-trained).
+    Each flag is also logged as a warning."""
+    flags = []
+    below = [split for split, key in (('test', RANK_METRIC), ('valid', metric))
+             if row[split][key] <= reference[split][key]]
+    if below:
+        flags.append(f"not above popularity ({', '.join(below)})")
+        logger.warning('%s: its selected run does not beat the popularity reference (test %s '
+                       '%.4f vs %.4f, valid %s %.4f vs %.4f)', row['model'], RANK_METRIC,
+                       row['test'][RANK_METRIC], reference['test'][RANK_METRIC], metric,
+                       row['valid'][metric], reference['valid'][metric])
+    capped = sum(not stopped for stopped in row['stopped_early'])
+    if capped:
+        flags.append(f"epoch cap {cap} reached ({capped}/{len(row['stopped_early'])} runs)")
+        logger.warning('%s: %d of its %d selected runs reached the epoch cap (%d) without '
+                       'stopping early: it may be under-trained (raise --epochs)', row['model'],
+                       capped, len(row['stopped_early']), cap)
+    return flags
+
+
 def run_comparison(
     models: Sequence[str],
     configs: dict[str, ExperimentConfig],
@@ -248,14 +330,18 @@ def run_comparison(
     budget: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    r"""Trains every model (its grid reduced by :obj:`budget`) in ``<out>/<model>/``, resuming
-    finished runs, and writes ``compare.json``, the table and (with matplotlib) the chart.
+    r"""Trains every model (its published settings, then the rest of its grid reduced by
+    :obj:`budget`, :func:`budget_indices`) in ``<out>/<model>/``, resuming finished runs, adds
+    the popularity reference row (:func:`popularity_row`), flags the models that do not beat it
+    or that reached the epoch cap, and writes ``compare.json``, the table and (with
+    matplotlib) the chart.
 
     The folder is locked for the whole comparison (a second process is refused, naming this
     one's pid).
 
     Returns:
-        One row per model, ranked by test Recall@20 (see :func:`format_table`).
+        One row per model and the reference, ranked by test Recall@20 (see
+        :func:`format_table`).
     """
     missing = [m for m in TABLE_METRICS if int(m.split('@')[1]) not in base.eval.ks]
     if missing:
@@ -279,26 +365,36 @@ def _compare_locked(models: Sequence[str], configs: dict[str, ExperimentConfig],
     for model in models:
         config = configs[model]
         folder = out / model
-        indices = budget_indices(len(config.combinations()), budget)
-        logger.info('%s: %d of %d grid combinations x %d seeds', model, len(indices),
-                    len(config.combinations()), len(config.seeds))
+        combinations = config.combinations()
+        first = published_combination(config)
+        indices = budget_indices(len(combinations), budget, first)
+        logger.info('%s: its published settings (c%03d %s) and %d more of %d grid combinations '
+                    'x %d seeds', model, first, json.dumps(combinations[first]),
+                    len(indices) - 1, len(combinations), len(config.seeds))
         runner = ExperimentRunner(config, out=folder, progress=progress, combinations=indices,
                                   resume=(folder / 'config.yaml').is_file())
         row: dict[str, Any] = {'model': model, 'combinations': len(indices),
-                               'grid_size': len(config.combinations()),
-                               'seeds': list(config.seeds)}
+                               'grid_size': len(combinations), 'seeds': list(config.seeds),
+                               'epoch_cap': config.train.epochs}
         try:
             summary = runner.run()
         except NonFiniteLossError as e:
             logger.error('%s: every combination diverged (%s)', model, e)
             rows.append({**row, 'status': 'diverged'})
             continue
-        row.update(status='ok', selected=summary['selected']['params'],
+        selected = summary['selected']
+        row.update(status='ok', selected=selected['params'],
+                   published=selected['combination'] == f'c{first:03d}',
                    valid=summary['valid'], test=summary['test'],
-                   epoch_time_s=_epoch_time(folder))
+                   best_epochs=selected['best_epochs'], epochs_run=selected['epochs_run'],
+                   stopped_early=selected['stopped_early'], epoch_time_s=_epoch_time(folder))
         rows.append(row)
 
-    rows = rank_rows(rows)
+    reference = popularity_row(base)
+    for row in rows:
+        if row['status'] == 'ok':
+            row['flags'] = _check_against(row, reference, row['epoch_cap'], base.eval.metric)
+    rows = rank_rows([*rows, reference])
     table = format_table(rows, base)
     atomic_write_text(out / TABLE_MD, table)
     atomic_write_text(out / TABLE_CSV, _csv_table(rows))
@@ -309,44 +405,66 @@ def _compare_locked(models: Sequence[str], configs: dict[str, ExperimentConfig],
 
 
 def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    r"""Sorts by test Recall@20 (mean over seeds, descending; diverged models last) and
-    numbers the ranks."""
-    ok = sorted((r for r in rows if r['status'] == 'ok'),
-                key=lambda r: (-r['test']['recall@20'], r['model']))
-    ranked = [{**r, 'rank': i} for i, r in enumerate(ok, start=1)]
-    return ranked + [{**r, 'rank': None} for r in rows if r['status'] != 'ok']
+    r"""Sorts the models and the popularity reference by test Recall@20 (mean over seeds,
+    descending; diverged models last) and numbers the ranks."""
+    scored = sorted((r for r in rows if r['status'] in ('ok', 'reference')),
+                    key=lambda r: (-r['test'][RANK_METRIC], r['model']))
+    ranked = [{**r, 'rank': i} for i, r in enumerate(scored, start=1)]
+    return ranked + [{**r, 'rank': None} for r in rows if r['status'] == 'diverged']
 
 
 def _params(params: dict[str, Any]) -> str:
     return ', '.join(f'{k.split(".", 1)[1]}={v}' for k, v in params.items()) or '(config)'
 
 
+def _stopped(row: dict[str, Any]) -> str:
+    pairs = zip(row['epochs_run'], row['best_epochs'])
+    return ', '.join(f'{run} ({best})' for run, best in pairs)
+
+
 def format_table(rows: list[dict[str, Any]], base: ExperimentConfig) -> str:
     r"""The Markdown table: one row per model, test Recall/NDCG@10/20 as mean ± std over seeds
     of the combination selected on validation Recall@20, the validation score that selected
-    it, the mean epoch time and the selected hyper-parameters."""
+    it, the epoch each selected run stopped at (and its best epoch), the mean epoch time, the
+    selected hyper-parameters (``published``: the model's own settings) and the flags of
+    :func:`run_comparison`; the popularity reference ranked among them."""
     metric = base.eval.metric
     header = ['rank', 'model', *[_label(m) for m in TABLE_METRICS], f'valid {_label(metric)}',
-              'epoch (s)', 'runs', 'selected']
+              'stopped (best) epoch', 'epoch (s)', 'runs', 'selected', 'flags']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * len(header)) + '|']
     for r in rows:
+        if r['status'] == 'reference':
+            cells = [str(r['rank']), f"*{r['model']}*",
+                     *[_mean_std(r['test'], m) for m in TABLE_METRICS],
+                     _mean_std(r['valid'], metric), '-', '-', 'reference, not trained', '-', '']
+            lines.append('| ' + ' | '.join(cells) + ' |')
+            continue
         runs = f"{r['combinations']}/{r['grid_size']} x {len(r['seeds'])}"
         if r['status'] != 'ok':
-            cells = ['-', r['model'], *['diverged'] * len(TABLE_METRICS), '-', '-', runs, '-']
+            cells = ['-', r['model'], *['diverged'] * len(TABLE_METRICS), '-', '-', '-', runs,
+                     '-', '']
         else:
+            selected = _params(r['selected']) + (' (published)' if r['published'] else '')
             cells = [str(r['rank']), r['model'],
                      *[_mean_std(r['test'], m) for m in TABLE_METRICS],
-                     _mean_std(r['valid'], metric), f"{r['epoch_time_s']:.2f}", runs,
-                     _params(r['selected'])]
+                     _mean_std(r['valid'], metric), _stopped(r), f"{r['epoch_time_s']:.2f}",
+                     runs, selected, '; '.join(f'⚠ {f}' for f in r['flags'])]
         lines.append('| ' + ' | '.join(cells) + ' |')
     data = base.data
     where = (f'synthetic preset {data.name!r}' if data.root is None
              else f'{data.root}/{data.name}')
-    seeds = rows[0]['seeds'] if rows else []
+    seeds = next((r['seeds'] for r in rows if 'seeds' in r), [])
     caption = (f'Dataset: {where}. Test metrics (full ranking, SPEC §5) of the combination '
                f'selected on validation {_label(metric)}, mean ± std over {len(seeds)} seed'
-               f"{'s' if len(seeds) != 1 else ''} {seeds}; runs = combinations trained / grid "
-               f'size x seeds; epoch (s) = mean training time of one epoch.')
+               f"{'s' if len(seeds) != 1 else ''} {seeds}; *{POPULARITY}*: items ranked by "
+               f'training interactions, same splits and metrics, not trained; stopped (best) '
+               f'epoch: per seed, the epoch the selected run stopped at (early stopping on '
+               f'validation, or the epoch cap) and its best validation epoch; runs = '
+               f'combinations trained / grid size x seeds, the first being the published '
+               f'settings; epoch (s) = mean training time of one epoch; ⚠ not above popularity: '
+               f'the selected run does not beat the popularity reference; ⚠ epoch cap: a '
+               f'selected run reached the cap before early stopping ended it (it may be '
+               f'under-trained).')
     return '\n'.join(lines) + '\n\n' + caption + '\n'
 
 
@@ -366,20 +484,26 @@ def _csv_table(rows: list[dict[str, Any]]) -> str:
     for split in ('test', 'valid'):
         for m in TABLE_METRICS:
             columns += [f'{split}_{m}', f'{split}_{m}_std']
-    columns += ['epoch_time_s', 'combinations', 'grid_size', 'seeds', 'selected']
+    columns += ['epochs_run', 'best_epochs', 'stopped_early', 'epoch_time_s', 'combinations',
+                'grid_size', 'seeds', 'selected', 'published', 'flags']
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
     writer.writeheader()
     for r in rows:
-        record = {'rank': r['rank'], 'model': r['model'], 'status': r['status'],
-                  'combinations': r['combinations'], 'grid_size': r['grid_size'],
-                  'seeds': json.dumps(r['seeds'])}
-        if r['status'] == 'ok':
+        record = {'rank': r['rank'], 'model': r['model'], 'status': r['status']}
+        if r['status'] != 'reference':
+            record.update(combinations=r['combinations'], grid_size=r['grid_size'],
+                          seeds=json.dumps(r['seeds']))
+        if r['status'] in ('ok', 'reference'):
             for split in ('test', 'valid'):
                 for m in TABLE_METRICS:
                     record[f'{split}_{m}'] = r[split][m]
                     record[f'{split}_{m}_std'] = r[split][f'{m}_std']
-            record['epoch_time_s'] = r['epoch_time_s']
-            record['selected'] = json.dumps(r['selected'])
+        if r['status'] == 'ok':
+            record.update(epochs_run=json.dumps(r['epochs_run']),
+                          best_epochs=json.dumps(r['best_epochs']),
+                          stopped_early=json.dumps(r['stopped_early']),
+                          epoch_time_s=r['epoch_time_s'], selected=json.dumps(r['selected']),
+                          published=r['published'], flags=json.dumps(r['flags']))
         writer.writerow(record)
     return buffer.getvalue()
 
@@ -395,7 +519,7 @@ def write_chart(rows: list[dict[str, Any]], base: ExperimentConfig, path: Path) 
         logger.warning('matplotlib is not installed, so %s was not written: %s', path.name,
                        PLOTS_HINT)
         return False
-    ok = [r for r in rows if r['status'] == 'ok']
+    ok = [r for r in rows if r['status'] in ('ok', 'reference')]
     width = 0.8 / max(len(ok), 1)
     x = np.arange(len(TABLE_METRICS))
     fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 2.0 + 0.3 * len(ok) * len(x))), 4.2))
@@ -403,8 +527,10 @@ def write_chart(rows: list[dict[str, Any]], base: ExperimentConfig, path: Path) 
         for i, r in enumerate(ok):
             means = [r['test'][m] for m in TABLE_METRICS]
             stds = [r['test'][f'{m}_std'] for m in TABLE_METRICS]
+            reference = r['status'] == 'reference'
             ax.bar(x + (i - (len(ok) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-                   label=r['model'])
+                   label=f"{r['model']} (reference)" if reference else r['model'],
+                   color='0.6' if reference else None, hatch='//' if reference else None)
         ax.set_xticks(x, [_label(m) for m in TABLE_METRICS])
         ax.set_ylabel('test score (mean ± std over seeds)')
         ax.set_title(f'{base.data.name}: test metrics, models selected on validation '
@@ -420,15 +546,18 @@ def write_chart(rows: list[dict[str, Any]], base: ExperimentConfig, path: Path) 
 # Command line ################################################################################
 
 COMPARE_EXAMPLES = '''examples:
-  anchorrec-pyg compare --budget 2 --epochs 20 --seeds 999 777      # all models, default data
+  anchorrec-pyg compare --budget 1 --epochs 200 --patience 10      # published settings
   anchorrec-pyg compare --models anchorrec alignrec lightgcn --budget 4 --out runs/cmp
   anchorrec-pyg compare --out runs/cmp ...same options...           # rerun: resumes, skips done
   anchorrec-pyg compare --set data.name=baby --set data.root=~/mmrec-data --budget 8
 
 Each model uses its published grid and training settings (configs/<dataset>.yaml for AnchorRec,
 configs/alignrec/<dataset>.yaml, configs/baselines/<model>.yaml; on datasets other than
-baby/sports/office/games the Baby files). --budget N keeps N combinations per model (a fixed
-random subset, nested as N grows); --epochs E caps every model's training at E epochs.'''
+baby/sports/office/games the Baby files). --budget N trains N combinations per model: its
+published settings first, then a fixed random subset of its grid (nested as N grows); --epochs E
+caps every model's training at E epochs (early stopping ends runs sooner, see --patience). Every
+table has a popularity reference row; a model whose selected run does not beat it, or that
+reached the epoch cap, is flagged in the table and the log.'''
 
 
 def _parse_model_configs(items: Sequence[str]) -> dict[str, str]:
@@ -450,6 +579,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise ConfigError(f'--epochs must be >= 1 (got {args.epochs})')
     if args.budget is not None and args.budget < 1:
         raise ConfigError(f'--budget must be >= 1 (got {args.budget})')
+    if args.patience is not None and args.patience < 1:
+        raise ConfigError(f'--patience must be >= 1 (got {args.patience})')
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f'train.device={args.device}')
@@ -458,7 +589,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
                                                                                 'eval.'))])
     configs_dir = Path(args.configs) if args.configs else CONFIGS_DIR
     configs = compare_configs(models, base, overrides, _parse_model_configs(args.model_config),
-                              args.epochs, args.seeds, configs_dir)
+                              args.epochs, args.seeds, configs_dir, args.patience)
     out = Path(args.out) if args.out else default_out_dir(f'compare-{base.data.name}')
     rows = run_comparison(models, configs, base, out, args.budget, progress=not args.quiet)
     print(format_table(rows, base), end='')
@@ -511,9 +642,16 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument('--configs', metavar='DIR',
                          help=f'folder of the published configs (default: {CONFIGS_DIR})')
     compare.add_argument('--budget', metavar='N', type=int,
-                         help='keep at most N grid combinations per model (deterministic)')
+                         help="train at most N grid combinations per model: its published "
+                         "settings (the config's own values) first, then N-1 drawn from the "
+                         'grid (deterministic, nested)')
     compare.add_argument('--epochs', metavar='E', type=int,
-                         help='override train.epochs of every model')
+                         help='cap every model at E epochs (train.epochs); early stopping on '
+                         'validation ends runs sooner')
+    compare.add_argument('--patience', metavar='P', type=int,
+                         help='stop a run after P validations without a better eval.metric '
+                         '(train.patience of every model; default: each model\'s published '
+                         'patience)')
     compare.add_argument('--seeds', metavar='SEED', type=int, nargs='+',
                          help='override the seeds of every model (default: the published five)')
     compare.add_argument('--out', metavar='DIR',

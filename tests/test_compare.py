@@ -14,11 +14,13 @@ import pytest
 from anchorrec_pyg import compare
 from anchorrec_pyg.cli import main
 from anchorrec_pyg.config import load_config
+from anchorrec_pyg.data import MMRecDataset, popularity_recall
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.models import MODELS, get_model_class
 from anchorrec_pyg.train.trainer import Trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+REPOSITORY = Path(__file__).resolve().parents[1]
+CONFIGS = compare.CONFIGS_DIR
 SEEDS = ['--seeds', '1', '2']
 
 
@@ -105,15 +107,45 @@ def test_published_config_lookup():
         path('bm3', 'baby', CONFIGS / 'nowhere')
 
 
-def test_budget_is_deterministic_nested_and_bounded():
-    a = compare.budget_indices(175, 8)
-    assert a == compare.budget_indices(175, 8) == sorted(a) and len(set(a)) == 8
-    assert set(a) <= set(compare.budget_indices(175, 20))
-    assert compare.budget_indices(12, 50) == list(range(12))
-    assert compare.budget_indices(12, None) == list(range(12))
-    assert a != list(range(8))  # spread over the grid, not its first corner
+def test_budget_starts_from_the_published_settings_deterministic_nested_and_bounded():
+    for first in (0, 37, 174):
+        a = compare.budget_indices(175, 8, first)
+        assert a == compare.budget_indices(175, 8, first) == sorted(a) and len(set(a)) == 8
+        assert first in a and compare.budget_indices(175, 1, first) == [first]
+        assert set(a) <= set(compare.budget_indices(175, 20, first))
+        assert set(compare.budget_indices(175, 2, first)) <= set(a)
+    assert compare.budget_indices(12, 50, 3) == list(range(12))
+    assert compare.budget_indices(12, None, 3) == list(range(12))
+    assert compare.budget_indices(175, 8) != list(range(8))  # spread over the grid
     with pytest.raises(ConfigError, match='--budget must be >= 1'):
         compare.budget_indices(12, 0)
+
+
+def _shipped_configs():
+    return sorted(p for p in CONFIGS.rglob('*.yaml'))
+
+
+def test_every_shipped_config_s_own_settings_are_a_point_of_its_grid():
+    """A budget starts from each model's best-known settings, the model:/train: values of its
+    file: they must be one of the grid's combinations."""
+    for path in _shipped_configs():
+        config = load_config(path)
+        c = compare.published_combination(config, path)
+        for key, value in config.combinations()[c].items():
+            section, name = key.split('.')
+            assert getattr(getattr(config, section), name) == value, (path, key)
+
+
+def test_the_published_combination_of_each_model():
+    lightgcn = load_config(CONFIGS / 'baselines' / 'lightgcn.yaml')
+    # grid train.lr [0.005, 0.001, 0.0005, 0.0001] x model.lambda_reg [0.1, 0.01, 0.001]
+    assert (lightgcn.train.lr, lightgcn.model.lambda_reg) == (0.001, 0.001)
+    assert compare.published_combination(lightgcn) == 1 * 3 + 2
+    moved = load_config(CONFIGS / 'baselines' / 'lightgcn.yaml', ['train.lr=0.002'])
+    with pytest.raises(ConfigError, match=r'x.yaml: train.lr is 0.002, not one of the grid '
+                                          r'values \[0.005, 0.001, 0.0005, 0.0001\]'):
+        compare.published_combination(moved, 'x.yaml')
+    assert compare.published_combination(load_config(None)) == 0  # no grid: one combination
 
 
 def test_compare_writes_the_table_csv_and_chart(finished):
@@ -121,10 +153,11 @@ def test_compare_writes_the_table_csv_and_chart(finished):
     table = (out / 'comparison.md').read_text()
     assert table in printed and 'comparison.png' in printed
     rows = _rows(out / 'comparison.csv')
-    assert sorted(r['model'] for r in rows) == ['lightgcn', 'vbpr']
-    assert [r['rank'] for r in rows] == ['1', '2']
-    assert float(rows[0]['test_recall@20']) >= float(rows[1]['test_recall@20'])
-    for row in rows:
+    assert sorted(r['model'] for r in rows) == ['lightgcn', 'popularity', 'vbpr']
+    assert [r['rank'] for r in rows] == ['1', '2', '3']
+    recalls = [float(r['test_recall@20']) for r in rows]
+    assert recalls == sorted(recalls, reverse=True)
+    for row in (r for r in rows if r['status'] == 'ok'):
         summary = json.loads((out / row['model'] / 'summary.json').read_text())
         for key in ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20'):
             assert float(row[f'test_{key}']) == pytest.approx(summary['test'][key])
@@ -136,9 +169,101 @@ def test_compare_writes_the_table_csv_and_chart(finished):
         runs = _rows(out / row['model'] / 'runs.csv')
         assert len(runs) == 2 * 2 and {r['seed'] for r in runs} == {'1', '2'}  # budget x seeds
         assert float(row['epoch_time_s']) > 0
+        # the published settings are among the two combinations trained
+        published = compare.published_combination(load_config(
+            CONFIGS / 'baselines' / f"{row['model']}.yaml"))
+        assert f'c{published:03d}' in {r['combination'] for r in runs}
+        assert json.loads(row['epochs_run']) == [2, 2]  # the cap: published patience is 20
+        assert json.loads(row['best_epochs']) == summary['selected']['best_epochs']
+        stopped = ', '.join(f'2 ({b})' for b in summary['selected']['best_epochs'])
+        assert f'| {stopped} |' in table
+        assert 'epoch cap 2 reached (2/2 runs)' in json.loads(row['flags'])
     assert '| 2/12 x 2 |' in table and '| 2/28 x 2 |' in table
     png = (out / 'comparison.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+
+
+def test_the_popularity_row_is_the_evaluator_s_and_what_ranks_below_it_is_flagged(
+        finished, tiny_mmrec_root):
+    out, printed = finished
+    rows = {r['model']: r for r in _rows(out / 'comparison.csv')}
+    reference = rows['popularity']
+    assert reference['status'] == 'reference' and reference['seeds'] == ''
+    data = MMRecDataset(*tiny_mmrec_root, modalities=(), log=False)[0]
+    for split in ('valid', 'test'):
+        assert float(reference[f'{split}_recall@20']) == pytest.approx(
+            popularity_recall(data, 20, split), abs=1e-6)
+        assert float(reference[f'{split}_recall@20_std']) == 0.0
+    table = (out / 'comparison.md').read_text()
+    line = next(r for r in table.splitlines() if '*popularity*' in r)
+    assert line.startswith(f"| {reference['rank']} | *popularity* |")
+    assert 'reference, not trained' in line
+    for model in ('lightgcn', 'vbpr'):
+        row = rows[model]
+        below = (float(row['test_recall@20']) <= float(reference['test_recall@20'])
+                 or float(row['valid_recall@20']) <= float(reference['valid_recall@20']))
+        flagged = any(f.startswith('not above popularity') for f in json.loads(row['flags']))
+        assert flagged == below
+        if int(row['rank']) > int(reference['rank']):
+            assert flagged
+    assert len(json.loads((out / 'compare.json').read_text())['rows']) == 3
+
+
+def _row(model, test, valid, epochs_run=(5, 7), stopped=(True, True)):
+    metrics = lambda r: {**{m: r for m in compare.TABLE_METRICS},  # noqa: E731
+                         **{f'{m}_std': 0.0 for m in compare.TABLE_METRICS}}
+    return {'model': model, 'status': 'ok', 'combinations': 1, 'grid_size': 12,
+            'seeds': [1, 2], 'epoch_cap': 7, 'selected': {'train.lr': 0.001}, 'published': True,
+            'valid': metrics(valid), 'test': metrics(test), 'best_epochs': [3, 4],
+            'epochs_run': list(epochs_run), 'stopped_early': list(stopped),
+            'epoch_time_s': 1.0}
+
+
+def test_flags_name_a_model_below_popularity_and_one_stopped_by_the_cap(caplog):
+    base = load_config(None, ['eval.ks=[10,20]'])
+    reference = {'model': 'popularity', 'status': 'reference',
+                 'valid': _row('p', 0.2, 0.2)['valid'], 'test': _row('p', 0.2, 0.2)['test']}
+    rows = [_row('good', 0.3, 0.3), _row('weak', 0.1, 0.15), _row('lucky', 0.25, 0.2),
+            _row('short', 0.4, 0.4, epochs_run=(7, 6), stopped=(False, True))]
+    with caplog.at_level('WARNING', logger='anchorrec_pyg.compare'):
+        for row in rows:
+            row['flags'] = compare._check_against(row, reference, 7, 'recall@20')
+    assert [r['flags'] for r in rows] == [
+        [], ['not above popularity (test, valid)'], ['not above popularity (valid)'],
+        ['epoch cap 7 reached (1/2 runs)']]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith('weak: its selected run does not beat the popularity reference '
+                            '(test recall@20 0.1000 vs 0.2000') for m in messages)
+    assert any(m.startswith('short: 1 of its 2 selected runs reached the epoch cap (7)')
+               for m in messages)
+    ranked = compare.rank_rows([*rows, reference])
+    assert [r['model'] for r in ranked] == ['short', 'good', 'lucky', 'popularity', 'weak']
+    lines = compare.format_table(ranked, base).splitlines()
+    assert lines[2].startswith('| 1 | short |') and lines[2].endswith(
+        '| 7 (3), 6 (4) | 1.00 | 1/12 x 2 | lr=0.001 (published) | ⚠ epoch cap 7 reached '
+        '(1/2 runs) |')
+    assert lines[5].startswith('| 4 | *popularity* | 0.2000 ± 0.0000 |')
+    assert lines[6].endswith('| ⚠ not above popularity (test, valid) |')
+
+
+def test_patience_ends_runs_before_the_epoch_cap(tiny_mmrec_root, tmp_path):
+    base = load_config(None, [f'data.root={tiny_mmrec_root[0]}', 'data.name=tiny'])
+    configs = compare.compare_configs(['lightgcn', 'vbpr'], base, epochs=60, patience=1)
+    assert all(c.train.patience == 1 and c.train.epochs == 60 for c in configs.values())
+    out = tmp_path / 'cmp'
+    args = compare_args(*tiny_mmrec_root, out)
+    args[args.index('--models') + 1:args.index('--models') + 3] = ['lightgcn']
+    args[args.index('--seeds') + 1:args.index('--seeds') + 3] = ['1']
+    args[args.index('--epochs') + 1] = '60'
+    args[args.index('--budget') + 1] = '1'
+    assert main([*args, '--patience', '1']) == 0
+    (row, ) = [r for r in _rows(out / 'comparison.csv') if r['model'] == 'lightgcn']
+    (epochs_run, ) = json.loads(row['epochs_run'])
+    (best, ) = json.loads(row['best_epochs'])
+    assert json.loads(row['stopped_early']) == [True]
+    assert epochs_run == best + 1 < 60  # one validation without improvement ends it
+    assert not any(f.startswith('epoch cap') for f in json.loads(row['flags']))
+    assert main([*args, '--patience', '0']) == 2
 
 
 def test_rerun_resumes_without_training(finished, tiny_mmrec_root, monkeypatch, capsys):
@@ -226,12 +351,16 @@ def test_bad_model_names_and_overrides(tiny_mmrec_root, tmp_path, capsys):
 
 def test_model_keys_go_only_to_models_that_have_them(tiny_mmrec_root):
     base = load_config(None, [f'data.root={tiny_mmrec_root[0]}', 'data.name=tiny'])
-    configs = compare.compare_configs(['lightgcn', 'bm3'], base, ['model.n_layers=3',
-                                                                  'model.dropout=0.1'],
+    configs = compare.compare_configs(['lightgcn', 'bm3'], base, ['model.n_layers=2',
+                                                                  'model.dropout=0.3'],
                                       epochs=4, seeds=[5])
-    assert configs['lightgcn'].model.n_layers == 3 and configs['bm3'].model.n_layers == 3
-    assert configs['bm3'].model.dropout == 0.1
+    assert configs['lightgcn'].model.n_layers == 2 and configs['bm3'].model.n_layers == 2
+    assert configs['bm3'].model.dropout == 0.3
     for config in configs.values():
         assert config.data == base.data and config.eval == base.eval
         assert config.train.epochs == 4 and config.seeds == [5]
     assert configs['bm3'].grid['model.reg_weight'] == [0.1, 0.01]  # the published grid
+    # a budget starts from the settings: one outside the grid (which would override it) is refused
+    with pytest.raises(ConfigError, match=r'bm3.yaml: model.n_layers is 3, not one of the grid '
+                                          r'values \[1, 2\]'):
+        compare.compare_configs(['lightgcn', 'bm3'], base, ['model.n_layers=3'])

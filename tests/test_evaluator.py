@@ -1,10 +1,21 @@
-"""The reusable evaluator: masking, batching, scorers (model, RecOutput, function), top-K."""
+"""The reusable evaluator: masking, batching, scorers (model, RecOutput, function, the
+popularity reference), top-K."""
+import math
+
 import pytest
 import torch
+from torch_geometric.data import HeteroData
 
+from anchorrec_pyg.data import popularity_recall
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.models import LightGCN, RecOutput
-from anchorrec_pyg.train.evaluator import Evaluator, evaluate, metric_keys, rank_topk
+from anchorrec_pyg.train.evaluator import (
+    Evaluator,
+    PopularityScorer,
+    evaluate,
+    metric_keys,
+    rank_topk,
+)
 
 
 @pytest.fixture(scope='module')
@@ -89,3 +100,36 @@ def test_recoutput_scores_are_dot_products(tiny_data):
     a = evaluate(RecOutput(user, item), tiny_data, 'valid')
     b = evaluate(lambda users: user[users] @ item.T, tiny_data, 'valid')
     assert a == b
+
+
+def test_popularity_scorer_worked_example():
+    """Items ranked by training count, ties by lower id, each user's training items masked: the
+    worked example of ``popularity_recall`` (tests/test_data_synthetic.py), through the
+    evaluator."""
+    data = HeteroData()
+    data['user'].num_nodes, data['item'].num_nodes = 3, 4
+    store = data['user', 'interacts', 'item']
+    # training counts: item 0: 2, item 1: 1, item 2: 1, item 3: 0 -> order 0, 1, 2, 3
+    store.edge_index = torch.tensor([[0, 1, 1, 2], [0, 0, 1, 2]])
+    store.test_edge_index = torch.tensor([[0, 0, 1], [2, 3, 2]])
+    store.val_edge_index = torch.tensor([[2], [0]])
+    scorer = PopularityScorer(data)
+    assert scorer.score.tolist() == [4.0, 3.0, 2.0, 1.0]
+    evaluator = Evaluator(data, ks=(1, 2))
+    test = evaluator.evaluate(scorer, data, 'test')
+    # user 0 (item 0 masked) ranks 1, 2, 3: test {2, 3}; user 1 (0, 1 masked) ranks 2, 3: {2}
+    assert test['recall@1'] == pytest.approx((0 + 1) / 2)
+    assert test['recall@2'] == pytest.approx((0.5 + 1) / 2)
+    ndcg_user0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert test['ndcg@2'] == pytest.approx((ndcg_user0 + 1) / 2)
+    assert evaluator.evaluate(scorer, data, 'valid')['recall@1'] == pytest.approx(1.0)
+
+
+def test_popularity_scorer_matches_the_independent_popularity_recall(tiny_data):
+    evaluator = Evaluator(tiny_data, ks=(5, 10, 20), batch_size=7)  # several user batches
+    scorer = PopularityScorer(tiny_data)
+    for split in ('valid', 'test'):
+        metrics = evaluator.evaluate(scorer, tiny_data, split)
+        for k in (5, 10, 20):
+            assert metrics[f'recall@{k}'] == pytest.approx(
+                popularity_recall(tiny_data, k=k, split=split), abs=1e-6)

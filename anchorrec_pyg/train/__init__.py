@@ -1,7 +1,14 @@
 r"""Training and evaluation: the triple sampler (SPEC §4), full-ranking evaluation (SPEC §5),
 one training run with checkpoints, and the grid x seeds experiment runner."""
 from anchorrec_pyg.train.checkpoint import load_checkpoint, save_checkpoint
-from anchorrec_pyg.train.evaluator import METRICS, Evaluator, evaluate, metric_keys, rank_topk
+from anchorrec_pyg.train.evaluator import (
+    METRICS,
+    Evaluator,
+    PopularityScorer,
+    evaluate,
+    metric_keys,
+    rank_topk,
+)
 from anchorrec_pyg.train.runner import (
     ExperimentRunner,
     build_model,
@@ -16,6 +23,7 @@ from anchorrec_pyg.train.trainer import NonFiniteLossError, Trainer, TrainResult
 __all__ = [
     'TripletSampler',
     'Evaluator',
+    'PopularityScorer',
     'evaluate',
     'rank_topk',
     'metric_keys',

@@ -122,6 +122,30 @@ def as_score_fn(scorer: Scorer, data: HeteroData, reuse_buffer: bool = False) ->
     raise TypeError(f'cannot score with an object of type {type(scorer).__name__}')
 
 
+class PopularityScorer:
+    r"""The popularity reference ranking: every user is offered the items in decreasing order
+    of their number of training interactions (ties: lower item id first), so that
+    :class:`Evaluator` measures it under the same protocol as a trained model (full ranking,
+    the user's training items masked, SPEC §5). Nothing is trained.
+
+    The score of the item at position :math:`r` (0-based) of that order is :math:`I - r`
+    (exact integers, so the ranking has no ties for ``topk`` to break).
+
+    Args:
+        data (HeteroData): The dataset (Contract 1); only its training edges are read.
+    """
+    def __init__(self, data: HeteroData) -> None:
+        items = data[EDGE_TYPE].edge_index[1].detach().cpu()
+        num_items = int(data['item'].num_nodes)
+        count = torch.bincount(items, minlength=num_items)
+        order = torch.argsort(count, descending=True, stable=True)
+        self.score = torch.empty(num_items)
+        self.score[order] = torch.arange(num_items, 0, -1, dtype=torch.float)
+
+    def __call__(self, users: Tensor) -> Tensor:
+        return self.score.repeat(users.numel(), 1)  # a fresh matrix: the evaluator masks it
+
+
 class Evaluator:
     r"""Full-ranking evaluator bound to one dataset (SPEC §5).
 

@@ -312,6 +312,8 @@ class ExperimentRunner:
                 'run_ids': [run_id for run_id, _ in runs],
                 'best_run': best_run,
                 'best_epochs': [r.best_epoch for _, r in runs],
+                'epochs_run': [r.epochs_run for _, r in runs],
+                'stopped_early': [r.stopped_early for _, r in runs],
             },
             'combinations': [{
                 'combination': f'c{c:03d}',
