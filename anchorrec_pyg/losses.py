@@ -25,6 +25,7 @@ __all__ = [
     'CosineDistanceLoss',
     'SymmetricBernoulliKL',
     'InfoNCE',
+    'CandidateNCE',
     'AALLoss',
     'SimilarityPreservationLoss',
     'SimilarityTarget',
@@ -211,6 +212,41 @@ class InfoNCE(torch.nn.Module):
         # cross_entropy(l + log c) = log sum_l c_l e^{l_kl} - l_kk - log c_k
         per_row = F.cross_entropy(logits + log_weight, target, reduction='none') + log_weight
         return (weight * per_row).sum() / weight.sum()
+
+    def extra_repr(self) -> str:
+        return f'tau={self.tau}'
+
+
+class CandidateNCE(torch.nn.Module):
+    r"""Contrastive loss of anchor rows against *every* row of a candidate table, summed over the
+    anchors (LGMRec's hypergraph NCE, SPEC §10)
+
+    .. math::
+        \mathrm{NCE}(\mathbf{a}, \mathbf{M}, t) = \sum_{k=1}^{n} -\log
+        \frac{\exp(\cos(\mathbf{a}_k, \mathbf{M}_{t_k}) / \tau)}
+        {\sum_{l=1}^{N}\exp(\cos(\mathbf{a}_k, \mathbf{M}_l) / \tau)},
+
+    where row :math:`t_k` of :math:`\mathbf{M}` (``N`` rows: all users, or all items) is the
+    positive of anchor :math:`k`. Unlike :class:`InfoNCE` the negatives are the whole table, not
+    the batch, and the rows are summed, not averaged (so the term grows with the batch size).
+    Computed as a summed cross-entropy over the ``n x N`` logits.
+
+    Args:
+        tau: the temperature :math:`\tau > 0` (published 0.2).
+    """
+
+    def __init__(self, tau: float) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f'tau must be > 0, got {tau}')
+        self.tau = tau
+
+    def forward(self, anchors: Tensor, candidates: Tensor, target: Tensor) -> Tensor:
+        if anchors.size(0) != target.numel():
+            raise ValueError(f'CandidateNCE got {anchors.size(0)} anchors and '
+                             f'{target.numel()} targets')
+        logits = (F.normalize(anchors, dim=-1) / self.tau) @ F.normalize(candidates, dim=-1).t()
+        return F.cross_entropy(logits, target, reduction='sum')
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}'

@@ -49,7 +49,7 @@ def _rows(path):
 
 def test_registry_lists_every_model_with_a_description():
     assert set(MODELS) == {'anchorrec', 'alignrec', 'lightgcn', 'vbpr', 'freedom', 'bm3',
-                           'damrs', 'lattice'}
+                           'damrs', 'lattice', 'lgmrec', 'smore'}
     for name, cls in MODELS.items():
         assert get_model_class(name.upper()) is cls
         assert cls.description and '\n' not in cls.description
@@ -88,6 +88,10 @@ def test_published_configs_carry_the_spec_grids():
                   'model.neighbor_weight': [0, 1e-4, 1e-3, 1e-2, 0.1, 1],
                   'model.n_mm_layers': [1, 2], 'model.knn_k': [3, 5, 10, 15, 20],
                   'train.lr': [1e-3, 5e-4, 1e-4]},
+        'lgmrec': {},
+        'smore': {'model.n_ui_layers': [3, 4], 'model.image_knn_k': [10, 15, 20, 40],
+                  'model.text_knn_k': [10, 15, 20, 40], 'model.reg_weight': [1e-5, 1e-4],
+                  'model.dropout': [0.0, 0.1]},
     }
     for model, grid in grids.items():
         config = load_config(CONFIGS / 'baselines' / f'{model}.yaml')
@@ -341,7 +345,7 @@ def test_bad_model_names_and_overrides(tiny_mmrec_root, tmp_path, capsys):
     args[args.index('--models') + 1] = 'nosuchmodel'
     assert main(args) == 2
     assert ("unknown model 'nosuchmodel'; available: anchorrec, alignrec, lightgcn, vbpr, "
-            'freedom, bm3, damrs, lattice') in capsys.readouterr().err
+            'freedom, bm3, damrs, lattice, lgmrec, smore') in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--set', 'model.tau=0.1')) == 2
     assert 'unknown key model.tau for every compared model' in capsys.readouterr().err
     assert main(compare_args(*tiny_mmrec_root, tmp_path / 'x', '--budget', '0')) == 2

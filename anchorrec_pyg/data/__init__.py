@@ -4,6 +4,7 @@ from anchorrec_pyg.data.dataset import IU_EDGE, UI_EDGE, MMRecDataset, knn_edge_
 from anchorrec_pyg.data.knn import (
     cosine_knn,
     knn_graph_normalized,
+    max_union_graph,
     normalize_knn,
     normalized_ui_weights,
 )
@@ -32,6 +33,7 @@ __all__ = [
     'knn_edge_type',
     'cosine_knn',
     'knn_graph_normalized',
+    'max_union_graph',
     'normalize_knn',
     'normalized_ui_weights',
     'MODALITIES',

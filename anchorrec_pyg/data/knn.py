@@ -25,6 +25,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import coalesce
 
 from anchorrec_pyg.errors import DataError
 
@@ -170,6 +171,31 @@ def knn_graph_normalized(
     (target). Zero rows keep only a self loop of weight 1 (see :func:`cosine_knn`)."""
     index, similarity = cosine_knn(x, k, chunk_size, memory_budget_bytes)
     return normalize_knn(index, similarity)
+
+
+def max_union_graph(graphs: list[tuple[Tensor, Tensor]], num_items: int) -> tuple[Tensor, Tensor]:
+    r"""The union of several item-item graphs, each edge weighted by the largest of its weights
+    (SMORE's fusion graph, SPEC §10):
+
+    .. math::
+        w_f(i, j) = \max_{g:\,(j \rightarrow i) \in \mathcal{E}_g} w_g(i, j),
+
+    over the graphs that hold the edge, with no renormalisation. Computed as one sparse
+    coalesce with ``reduce='max'``, so the memory is that of the edge lists.
+
+    Args:
+        graphs: ``(edge_index [2, E_g], edge_weight [E_g])`` pairs over the same items
+            (row 0 source, row 1 target; each graph without duplicate edges).
+        num_items: :math:`I`.
+
+    Returns:
+        ``(edge_index, edge_weight)`` of the union, sorted by row 0 then row 1.
+    """
+    if not graphs:
+        raise ValueError('max_union_graph needs at least one graph')
+    edge_index = torch.cat([index for index, _ in graphs], dim=1)
+    edge_weight = torch.cat([weight for _, weight in graphs])
+    return coalesce(edge_index, edge_weight, num_items, reduce='max')
 
 
 def normalized_ui_weights(edge_index: Tensor, num_users: int, num_items: int) -> Tensor:

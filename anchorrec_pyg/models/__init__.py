@@ -15,8 +15,10 @@ from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lattice import LATTICE
+from anchorrec_pyg.models.lgmrec import LGMRec
 from anchorrec_pyg.models.lightgcn import LightGCN
 from anchorrec_pyg.models.registry import MODELS, get_model_class
+from anchorrec_pyg.models.smore import SMORE
 from anchorrec_pyg.models.vbpr import VBPR
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     'BM3',
     'DAMRS',
     'LATTICE',
+    'LGMRec',
+    'SMORE',
     'MODELS',
     'get_model_class',
 ]

@@ -13,7 +13,9 @@ from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
 from anchorrec_pyg.models.lattice import LATTICE
+from anchorrec_pyg.models.lgmrec import LGMRec
 from anchorrec_pyg.models.lightgcn import LightGCN
+from anchorrec_pyg.models.smore import SMORE
 from anchorrec_pyg.models.vbpr import VBPR
 
 __all__ = ['MODELS', 'get_model_class']
@@ -27,6 +29,8 @@ MODELS: dict[str, type[RecModel]] = {
     'bm3': BM3,
     'damrs': DAMRS,
     'lattice': LATTICE,
+    'lgmrec': LGMRec,
+    'smore': SMORE,
 }
 
 

@@ -2,6 +2,7 @@
 the projection domain."""
 from anchorrec_pyg.nn.fast_csr import CSROperator, CSRSpMM, FastCSRBackend
 from anchorrec_pyg.nn.feature_grad import BufferedGradLinear, GradBuffer, buffered_linear
+from anchorrec_pyg.nn.hypergraph import HypergraphPropagation, soft_membership
 from anchorrec_pyg.nn.latent_graph import LatentItemGraph
 from anchorrec_pyg.nn.lightgcn import (
     LightGCNConv,
@@ -23,6 +24,7 @@ from anchorrec_pyg.nn.propagation import (
     propagate_many,
     register_backend,
 )
+from anchorrec_pyg.nn.spectral import SpectralFusion
 
 __all__ = [
     'Adjacency',
@@ -51,4 +53,7 @@ __all__ = [
     'ProjectionHead',
     'ProjectionDomain',
     'LatentItemGraph',
+    'SpectralFusion',
+    'HypergraphPropagation',
+    'soft_membership',
 ]
