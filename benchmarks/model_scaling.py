@@ -65,7 +65,7 @@ def run_child(model_name: str, scale: int, root: str, batches: int, threads: int
     setup_s = time.perf_counter() - start
     sampler = TripletSampler(data['user', 'interacts', 'item'].edge_index,
                              int(data['item'].num_nodes), BATCH,
-                             with_negatives=model.needs_negatives)
+                             with_negatives=getattr(model, 'needs_negatives', True))
     model.train()
     steps = []
     for batch in sampler.epoch(torch.Generator().manual_seed(0)):
