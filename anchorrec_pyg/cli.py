@@ -5,6 +5,7 @@ Every user mistake (:class:`~anchorrec_pyg.errors.AnchorRecError`) is printed as
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -28,6 +29,8 @@ TRAIN_EXAMPLES = f'''examples:
   {PROG} train --set model.n_layers=2 --set train.epochs=100 --out runs/ar
   {PROG} train --set "grid.train.lr=[0.001,0.0005]" --set "seeds=[999,777]"
   {PROG} train --out runs/ar --resume           # continue a killed run
+  {PROG} train --nproc 2                        # two data-parallel processes (torchrun)
+  {PROG} train --set train.mode=sampled --set "train.fanout=[20,10]"   # sampled subgraphs
 
 --set KEY=VALUE overrides one config key (dotted, the value read as YAML); see
 configs/default.yaml for every key and its default.'''
@@ -93,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                        'runs/<model>-<dataset>-<timestamp>)')
     train.add_argument('--resume', action='store_true',
                        help='continue the run in --out (its config.yaml is used)')
+    train.add_argument('--nproc', metavar='N', type=int,
+                       help='data-parallel processes on this machine, started with torchrun\'s '
+                       'launcher (sets train.nproc; train.batch_size stays the global batch)')
+    train.add_argument('--master-port', metavar='PORT', type=int, default=0,
+                       help='loopback port of the processes\' rendezvous (default: a free one)')
     common(train)
     train.set_defaults(func=cmd_train)
 
@@ -164,8 +172,69 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f'train.device={args.device}')
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ConfigError(f'--nproc must be >= 1 (got {args.nproc})')
+        overrides.append(f'train.nproc={args.nproc}')
     config = load_config(path, overrides)
-    summary = run_experiment(config, out=args.out, resume=args.resume, progress=not args.quiet)
+    from anchorrec_pyg.train import distributed
+    if distributed.in_worker():
+        _train_worker(args, config)
+        return
+    if config.train.nproc > 1:
+        summary = _launch_workers(args, path, overrides, config)
+    else:
+        summary = run_experiment(config, out=args.out, resume=args.resume,
+                                 progress=not args.quiet)
+    _print_summary(summary, config)
+
+
+def _train_worker(args: argparse.Namespace, config) -> None:
+    import tempfile
+
+    from anchorrec_pyg.train import distributed
+    from anchorrec_pyg.train.runner import run_experiment
+    train = config.train
+    dist = distributed.worker_context(train.nproc, train.device, train.dist_timeout_s)
+    if dist.is_main:
+        run_experiment(config, out=args.out, resume=args.resume, progress=not args.quiet,
+                       dist=dist)
+        return
+    logging.getLogger('anchorrec_pyg').setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix=f'anchorrec-rank{dist.rank}-') as scratch:
+        # resume=False: process 0 sends the resumed state (Trainer.fit)
+        run_experiment(config, out=scratch, resume=False, progress=False, dist=dist)
+
+
+def _launch_workers(args: argparse.Namespace, path, overrides: List[str], config) -> Dict:
+    import json
+
+    from anchorrec_pyg.io import default_out_dir
+    from anchorrec_pyg.train import distributed
+    from anchorrec_pyg.train.runner import SUMMARY_FILE, load_data, required_modalities
+    out = Path(args.out or config.out or
+               default_out_dir(f'{config.model_name}-{config.data.name}'))
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f'output folder {out} is not empty; pass --resume to continue the '
+                          f'run in it or choose another --out')
+    distributed.free_port(args.master_port)
+    # build the processed dataset once, before the processes read it
+    load_data(config.data, required_modalities(config), log=not args.quiet)
+    worker_argv = ['train', '--out', str(out)]
+    if path is not None:
+        worker_argv += ['--config', str(path)]
+    for override in overrides:
+        worker_argv += ['--set', override]
+    worker_argv += ['--resume'] if args.resume else []
+    worker_argv += ['--quiet'] if args.quiet else []
+    logging.getLogger(__name__).info(
+        'starting %d processes (torch.distributed.run, rendezvous on 127.0.0.1)',
+        config.train.nproc)
+    distributed.launch(config.train.nproc, worker_argv, args.master_port)
+    return json.loads((out / SUMMARY_FILE).read_text())
+
+
+def _print_summary(summary: Dict, config) -> None:
     selected = summary['selected']
     seeds = len(selected['seeds'])
     params = ', '.join(f'{k}={v}' for k, v in selected['params'].items()) or 'config as given'
@@ -215,6 +284,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AnchorRecError as e:
         message = ' '.join(str(e).split())
         print(f'{PROG}: error: {message}', file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from anchorrec_pyg.train import distributed
+        if not distributed.in_worker():
+            raise
+        # a collective failed: another process died, hung past train.dist_timeout_s or
+        # broke the connection
+        message = ' '.join(str(e).split())[:300]
+        print(f"{PROG}: error: process {os.environ.get('RANK')}: lost the other processes "
+              f'({message})', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ' (continue with --resume --out DIR)' if args.command == 'train' else ''

@@ -57,6 +57,7 @@ from anchorrec_pyg.io import (
     remove_empty_folders,
     remove_temporary_files,
 )
+from anchorrec_pyg.train.distributed import DistContext
 from anchorrec_pyg.train.trainer import NonFiniteLossError, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ class ExperimentRunner:
         combinations (list of int, optional): Train only these indices of
             :meth:`~anchorrec_pyg.config.ExperimentConfig.combinations` (a reduced search; run
             ids keep the full grid's numbering). (default: :obj:`None`, all)
+        dist (DistContext, optional): This process's place in a data-parallel run (the
+            processes other than 0 are given a scratch :obj:`out`: only process 0 writes the run
+            folder).
     """
     def __init__(
         self,
@@ -151,6 +155,7 @@ class ExperimentRunner:
         resume: bool = False,
         progress: bool = False,
         combinations: Optional[Sequence[int]] = None,
+        dist: DistContext = DistContext(),
     ) -> None:
         out = out if out is not None else config.out
         self.out = (Path(out) if out is not None
@@ -159,6 +164,7 @@ class ExperimentRunner:
         self.resume = resume
         self.progress = progress
         self.subset = None if combinations is None else sorted(set(combinations))
+        self.dist = dist
         self._data: Dict[str, HeteroData] = {}
 
     def _check_folder(self) -> None:
@@ -210,7 +216,7 @@ class ExperimentRunner:
         trainer = Trainer(model, data, run_config.train, run_config.eval, seed,
                           checkpoint_path=run_dir / CHECKPOINT_FILE,
                           run_config=config_to_dict(run_config), progress=self.progress,
-                          log_prefix=run_id)
+                          log_prefix=run_id, dist=self.dist)
         result = trainer.fit(resume=self.resume)
         atomic_write_text(run_dir / HISTORY_FILE, _csv_text(result.history))
         return result
@@ -338,10 +344,11 @@ def run_experiment(
     out: Union[str, os.PathLike, None] = None,
     resume: bool = False,
     progress: bool = False,
+    dist: DistContext = DistContext(),
 ) -> Dict[str, Any]:
     r"""Runs :obj:`config` (see :class:`ExperimentRunner`) and returns the summary written to
     ``<out>/summary.json``."""
-    return ExperimentRunner(config, out, resume, progress).run()
+    return ExperimentRunner(config, out, resume, progress, dist=dist).run()
 
 
 def resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:

@@ -19,6 +19,10 @@ contract, plus two optional hooks a model may define:
 * ``on_epoch_start(data, epoch, generator)``: called before each epoch with the run's
   generator (e.g. to resample a pruned graph), so that the hook stays reproducible and resumable.
 
+With a :class:`~anchorrec_pyg.train.distributed.DistContext` of several processes the trainer
+is one data-parallel process (:mod:`anchorrec_pyg.train.distributed`): its share of every
+batch, gradients averaged by ``DistributedDataParallel``, evaluation and files on process 0.
+
 Checkpoints (:mod:`anchorrec_pyg.train.checkpoint`) hold the model, optimizer, scheduler, the
 epoch, the best-so-far record and weights, the history and every RNG state, so a killed run
 resumed with ``resume=True`` reaches the same final metrics as an uninterrupted run on CPU.
@@ -46,6 +50,7 @@ from anchorrec_pyg.train.checkpoint import (
     save_weights,
 )
 from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
+from anchorrec_pyg.train.distributed import DistContext, LossStep
 from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
 from anchorrec_pyg.train.sampler import TripletSampler
 
@@ -138,6 +143,8 @@ class Trainer:
             checkpoint (to rebuild the model later) and compared on resume.
         progress (bool, optional): Show progress bars. (default: :obj:`False`)
         log_prefix (str, optional): Prepended to every log line (e.g. the run id).
+        dist (DistContext, optional): This process's place in a data-parallel run (default:
+            a single process).
     """
     def __init__(
         self,
@@ -150,8 +157,10 @@ class Trainer:
         run_config: Optional[Dict[str, Any]] = None,
         progress: bool = False,
         log_prefix: str = '',
+        dist: DistContext = DistContext(),
     ) -> None:
         self.train_cfg = train
+        self.dist = dist
         self.eval_cfg = eval
         self.seed = int(seed)
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
@@ -162,7 +171,10 @@ class Trainer:
         if train.num_threads is not None:
             torch.set_num_threads(train.num_threads)
         self.device = resolve_device(train.device)
+        if self.device.type == 'cuda' and dist.active:
+            self.device = torch.device('cuda', dist.local_rank)
         self.model = model.to(self.device)
+        shard = Shard(dist.rank, dist.world)
         self.sampler = TripletSampler(
             data[EDGE_TYPE].edge_index, int(data['item'].num_nodes), train.batch_size,
             with_negatives=getattr(model, 'needs_negatives', True))
@@ -173,11 +185,22 @@ class Trainer:
                 raise ConfigError(f'train.mode=sampled: {type(model).__name__} cannot train on '
                                   f'sampled subgraphs ({refusal}); use train.mode=full')
             self.batches = SampledBatches(copy.copy(data).cpu(), self.sampler, train.fanout,
-                                          self.seed, device=self.device)
+                                          self.seed, shard, self.device)
         self.data = data.to(self.device)
         if train.mode == 'full':
-            self.batches = FullBatches(self.data, self.sampler)
+            self.batches = FullBatches(self.data, self.sampler, shard)
         logger.info('%sbatches: %s', self.log_prefix, self.batches.description)
+        # every process's loss divides its L2 term by its share of B (see train.distributed)
+        self.loss_batch_size = train.batch_size // dist.world
+        self.step: torch.nn.Module = LossStep(self.model)
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+            logger.info('%sdata-parallel: %d processes, global batch %d (%d per process), '
+                        'lr %g as for one process', self.log_prefix, dist.world,
+                        train.batch_size, self.loss_batch_size, train.lr)
+            self.step = DistributedDataParallel(
+                self.step, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                static_graph=True)
         self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr,
@@ -212,7 +235,7 @@ class Trainer:
     def _save_checkpoint(self, result: Optional[TrainResult] = None) -> None:
         r"""Writes the resumable state, or, with :obj:`result`, the finished run (best weights
         and results only)."""
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.dist.is_main:
             return
         finished = result is not None
         state = {
@@ -264,7 +287,9 @@ class Trainer:
         r"""Keeps the current weights as the best so far: in the file beside the checkpoint
         when the run has one (like MMRec's saved model; no second copy of the weights in
         memory, which for AnchorRec's trainable feature tables is most of them), in memory
-        otherwise."""
+        otherwise; only process 0 keeps them."""
+        if not self.dist.is_main:
+            return
         if self.checkpoint_path is None:
             self.best_weights = copy.deepcopy(self.model.state_dict())
         else:
@@ -298,9 +323,7 @@ class Trainer:
             users, pos = users.to(self.device), pos.to(self.device)
             neg = None if neg is None else neg.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(graph)
-            total, terms = model.loss(graph, out, users, pos, neg,
-                                      batch_size=self.train_cfg.batch_size)
+            total, terms = self.step(graph, users, pos, neg, self.loss_batch_size)
             if not bool(torch.isfinite(total)):
                 value = float(total.detach())
                 bad = [f'{k}={float(v)}' for k, v in terms.items()
@@ -313,7 +336,9 @@ class Trainer:
             self.optimizer.step()
             for key, value in {'loss': total.detach(), **terms}.items():
                 sums[key] = sums.get(key, 0.0) + value.detach()
-        return {key: float(value) / num_batches for key, value in sums.items()}
+        keys = list(sums)
+        means = self.dist.mean(torch.stack([torch.as_tensor(sums[k]) for k in keys]))
+        return {key: float(value) / num_batches for key, value in zip(keys, means)}
 
     def _log_epoch(self, record: Dict[str, float], improved: bool) -> None:
         terms = ' '.join(f'{k} {v:.4f}' for k, v in record.items()
@@ -342,8 +367,13 @@ class Trainer:
             NonFiniteLossError: If a loss term becomes NaN or infinite.
             CheckpointError: If the checkpoint is unreadable, unsafe or from another config.
         """
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            done = self._restore(load_checkpoint(self.checkpoint_path))
+        state = None
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists() and \
+                self.dist.is_main:
+            state = load_checkpoint(self.checkpoint_path)
+        state = self.dist.broadcast(state)
+        if state is not None:
+            done = self._restore(state)
             if done is not None:
                 logger.info('%srun already finished (best epoch %d)', self.log_prefix,
                             done.best_epoch)
@@ -363,7 +393,9 @@ class Trainer:
             improved = False
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 start = time.perf_counter()
-                valid = self.evaluator.evaluate(self.model, self.data, 'valid')
+                valid = (self.evaluator.evaluate(self.model, self.data, 'valid')
+                         if self.dist.is_main else None)
+                valid = self.dist.broadcast(valid)
                 record['eval_time_s'] = time.perf_counter() - start
                 record.update({f'valid_{k}': v for k, v in valid.items()})
                 score = valid[self.eval_cfg.metric]
@@ -393,8 +425,11 @@ class Trainer:
         # the finished run needs no optimizer state: free Adam's moments (two copies of the
         # parameters) before the best weights are read back
         self.optimizer.state.clear()
-        self.model.load_state_dict(self._best_weights())
-        test = self.evaluator.evaluate(self.model, self.data, 'test')
+        test = None
+        if self.dist.is_main:
+            self.model.load_state_dict(self._best_weights())
+            test = self.evaluator.evaluate(self.model, self.data, 'test')
+        test = self.dist.broadcast(test)
         result = TrainResult(best_epoch=self.best_epoch, epochs_run=self.epoch,
                              valid=self.best_valid, test=test, stopped_early=self.stopped_early,
                              history=self.history)
