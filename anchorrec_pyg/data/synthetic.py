@@ -196,16 +196,18 @@ def generate_arrays(preset: str | SyntheticPreset = 'default',
 
 
 def generate_synthetic(root: str | os.PathLike, name: str = 'default',
-                       preset: str = 'default', seed: int = 0, overwrite: bool = False) -> Path:
+                       preset: str | SyntheticPreset = 'default', seed: int = 0,
+                       overwrite: bool = False) -> Path:
     r"""Writes a generated dataset in the MMRec on-disk format and returns ``<root>/<name>``.
 
     Files: ``<root>/<name>/<name>.inter`` (tab-separated, header ``userID itemID rating
     timestamp x_label``), ``image_feat.npy``, ``text_feat.npy``, ``synthetic.json`` (preset and
     seed) and ``<root>/<name>_beit3/image_feat.npy``. Both folders are written in a temporary
     folder under ``root`` and renamed into place, so a crash never leaves a half-written
-    dataset folder. Existing folders are replaced only with ``overwrite=True``.
+    dataset folder. Existing folders are replaced only with ``overwrite=True``. ``preset`` is a
+    name of :data:`PRESETS` or a :class:`SyntheticPreset` (e.g. a scaled copy of one).
     """
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise DataError(f'unknown synthetic preset {preset!r}: expected one of '
                         f'{", ".join(PRESETS)}')
     root = Path(root).expanduser()
@@ -226,8 +228,10 @@ def generate_synthetic(root: str | os.PathLike, name: str = 'default',
                             ('text', staging / name / 'text_feat.npy'),
                             ('mm', staging / f'{name}_beit3' / 'image_feat.npy')):
             atomic_write(target, lambda f, a=features[key]: np.save(f, a, allow_pickle=False))
-        marker = {'generator_version': GENERATOR_VERSION, 'preset': preset, 'seed': seed,
-                  'params': dataclasses.asdict(PRESETS[preset])}
+        params = PRESETS[preset] if isinstance(preset, str) else preset
+        marker = {'generator_version': GENERATOR_VERSION,
+                  'preset': preset if isinstance(preset, str) else 'custom', 'seed': seed,
+                  'params': dataclasses.asdict(params)}
         atomic_write(staging / name / MARKER_FILE,
                      lambda f: f.write(json.dumps(marker, indent=2).encode()))
         for target in existing:

@@ -119,8 +119,8 @@ def worker_context(nproc: int, device_name: str, timeout_s: float) -> DistContex
         raise ConfigError(f'train.nproc is {nproc} but {world} processes were started; set '
                           f'train.nproc to the total number of processes')
     rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
-    cuda = device_name.startswith('cuda') or (device_name == 'auto'
-                                             and torch.cuda.is_available())
+    cuda = device_name.startswith('cuda') or (device_name == 'auto' and
+                                              torch.cuda.is_available())
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -42,6 +42,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import remove_file
+from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.checkpoint import (
     best_weights_path,
     load_checkpoint,
@@ -49,7 +50,6 @@ from anchorrec_pyg.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.distributed import DistContext, LossStep
 from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
 from anchorrec_pyg.train.sampler import TripletSampler
