@@ -147,21 +147,19 @@ class SymmetricBernoulliKL(torch.nn.Module):
     (DA-MRS's alignment term, SPEC §10)
 
     .. math::
-        \mathrm{KL} = \mathrm{mean}\big(\mathrm{kl}(p, q) + \mathrm{kl}(q, p)\big),\quad
+        \mathrm{KL} = \mathrm{mean}\big(\mathrm{kl}(p, q) + \mathrm{kl}(q, p)\big)
+        = \mathrm{mean}\big((p - q)(a - b)\big),\quad
         \mathrm{kl}(p, q) = p\log\frac{p}{q} + (1 - p)\log\frac{1 - p}{1 - q},
 
-    :math:`p = \sigma(a)`, :math:`q = \sigma(b)`, with the logs taken as
-    :math:`\log\sigma(\pm a)` (MMRec takes ``log`` of the probabilities, the same values until
-    :math:`\sigma` rounds to 0 or 1, where it gives NaN).
+    :math:`p = \sigma(a)`, :math:`q = \sigma(b)`: the two KLs sum to
+    :math:`(p - q)(\mathrm{logit}\,p - \mathrm{logit}\,q)`. MMRec takes ``log`` of the
+    probabilities, the same values until :math:`\sigma` rounds to 0 or 1, where it gives NaN;
+    this form has no log and keeps four ``n x m`` tensors for the backward pass instead of a
+    dozen.
     """
 
     def forward(self, logit_p: Tensor, logit_q: Tensor) -> Tensor:
-        p, q = torch.sigmoid(logit_p), torch.sigmoid(logit_q)
-        log_p, log_q = F.logsigmoid(logit_p), F.logsigmoid(logit_q)
-        log_not_p, log_not_q = F.logsigmoid(-logit_p), F.logsigmoid(-logit_q)
-        forward_kl = p * (log_p - log_q) + (1 - p) * (log_not_p - log_not_q)
-        backward_kl = q * (log_q - log_p) + (1 - q) * (log_not_q - log_not_p)
-        return (forward_kl + backward_kl).mean()
+        return ((torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)).mean()
 
 
 class InfoNCE(torch.nn.Module):
