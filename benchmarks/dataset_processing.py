@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from anchorrec_pyg.data import MMRecDataset, generate_synthetic, popularity_recall
+from anchorrec_pyg.schema import USER_ITEM, feature_key
 
 
 def measure(root: Path, preset: str) -> str:
@@ -30,11 +31,11 @@ def measure(root: Path, preset: str) -> str:
     assert again.processed_paths == dataset.processed_paths
 
     data = again[0]
-    store = data['user', 'interacts', 'item']
+    store = data[USER_ITEM]
     splits = ('edge_index', 'val_edge_index', 'test_edge_index')
     num_inter = sum(store[key].size(1) for key in splits)
     size_mib = Path(dataset.processed_paths[0]).stat().st_size / 2**20
-    dims = '/'.join(str(data['item'][f'x_{m}'].size(1)) for m in ('image', 'text', 'mm'))
+    dims = '/'.join(str(data['item'][feature_key(m)].size(1)) for m in ('image', 'text', 'mm'))
     return (f'| {preset} | {data["user"].num_nodes} | {data["item"].num_nodes} | {num_inter} '
             f'({store.edge_index.size(1)} train) | {dims} | {generate_s:.2f} | {process_s:.2f} | '
             f'{reload_s:.2f} | {size_mib:.0f} | {popularity_recall(data, 20, "valid"):.4f} | '

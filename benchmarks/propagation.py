@@ -29,10 +29,10 @@ from torch import Tensor
 from anchorrec_pyg.config import DataConfig
 from anchorrec_pyg.nn.lightgcn import user_item_edges
 from anchorrec_pyg.nn.propagation import get_backend, propagate_many
+from anchorrec_pyg.schema import ITEM_USER, MODALITIES, USER_ITEM, knn_edge_type
 from anchorrec_pyg.train.runner import load_data
 
 warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
-MODALITIES = ('mm', 'text', 'image')
 
 
 def synchronize(device: torch.device) -> None:
@@ -173,7 +173,7 @@ def main() -> None:
 
     data = load_data(DataConfig(root=None, name=args.dataset), MODALITIES, log=False)
     num_users, num_items = int(data['user'].num_nodes), int(data['item'].num_nodes)
-    ui, iu = data['user', 'interacts', 'item'], data['item', 'rev_interacts', 'user']
+    ui, iu = data[USER_ITEM], data[ITEM_USER]
     ei, ew = user_item_edges(ui.edge_index, ui.edge_weight, iu.edge_index, iu.edge_weight,
                              num_users)
     n = num_users + num_items
@@ -181,7 +181,7 @@ def main() -> None:
               'R (U x I)': Graph('R (U x I)', iu.edge_index, iu.edge_weight,
                                  (num_items, num_users), args.dim)}
     for m in MODALITIES:
-        store = data['item', f'similar_{m}', 'item']
+        store = data[knn_edge_type(m)]
         graphs[f'kNN {m}'] = Graph(f'kNN {m}', store.edge_index, store.edge_weight,
                                    (num_items, num_items), args.dim)
 

@@ -40,13 +40,14 @@ import torch
 
 from anchorrec_pyg.config import DataConfig, EvalConfig
 from anchorrec_pyg.models.anchorrec import AnchorRec
+from anchorrec_pyg.models.similarity import cached_similarities
 from anchorrec_pyg.nn.propagation import BACKENDS
+from anchorrec_pyg.schema import MODALITIES, USER_ITEM, feature_key
 from anchorrec_pyg.train.evaluator import Evaluator
 from anchorrec_pyg.train.runner import load_data
 from anchorrec_pyg.train.sampler import TripletSampler
 
 warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
-MODALITIES = ('mm', 'text', 'image')
 BATCH = 2048
 
 
@@ -82,7 +83,7 @@ def interleaved(args: argparse.Namespace, variants: list[str]) -> dict[str, floa
     the order every batch (robust to a changing machine load)."""
     data = load_data(DataConfig(root=None, name=args.dataset), MODALITIES, log=False)
     runs = {v: build(data, v) for v in variants}
-    sampler = TripletSampler(data['user', 'interacts', 'item'].edge_index,
+    sampler = TripletSampler(data[USER_ITEM].edge_index,
                              int(data['item'].num_nodes), BATCH)
     times: dict[str, list[float]] = {v: [] for v in variants}
     for batch, (users, pos, neg) in enumerate(sampler.epoch(torch.Generator().manual_seed(0))):
@@ -104,7 +105,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     model, optimizer = build(data, args.child)
     setup_s = time.perf_counter() - start
 
-    sampler = TripletSampler(data['user', 'interacts', 'item'].edge_index,
+    sampler = TripletSampler(data[USER_ITEM].edge_index,
                              int(data['item'].num_nodes), BATCH)
     steps, distinct = [], []
     for batch, (users, pos, neg) in enumerate(sampler.epoch(torch.Generator().manual_seed(0))):
@@ -121,8 +122,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         evaluator.evaluate(model, data, 'valid')
         evals.append(time.perf_counter() - start)
+    cached = cached_similarities(data, MODALITIES, model.config.similarity_cache_mb)
     return {
-        'variant': args.child, 'cached': ','.join(model.cached_similarities(data)) or '-',
+        'variant': args.child, 'cached': ','.join(cached) or '-',
         'setup_s': setup_s, 'epoch_s': epoch_s, 'first_step_s': steps[0],
         'step_s': steady, 'batches_timed': len(steps), 'batches': len(sampler),
         'eval_s': statistics.median(evals), 'distinct_pos': statistics.mean(distinct),
@@ -157,7 +159,7 @@ def floor(data, distinct: float, batches: int, gflops: float, gbps: float) -> li
     AMP's image target from the cached I x I block, mm and text from their f x f Gram matrices
     (D > f), sparse products and elementwise work not counted."""
     i, d, n, dd = int(data['item'].num_nodes), 64, BATCH, distinct
-    dims = {m: data['item'][f'x_{m}'].size(1) for m in MODALITIES}
+    dims = {m: data['item'][feature_key(m)].size(1) for m in MODALITIES}
     f_all = sum(dims.values())
     params = sum(p.numel() for p in AnchorRec(data, AnchorRec.Config()).parameters())
     gate = 3 * 2 * i * f_all * d  # P_m(F_m): forward, dW, dF (the tables train)

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.io import check_writable_folder
+from anchorrec_pyg.schema import USER_ITEM
 
 PROG = 'anchorrec-pyg analyze'
 DEFAULT_OUT = 'analysis'
@@ -129,7 +130,7 @@ def cmd_neighbours(args: argparse.Namespace) -> None:
     spaces = {run.label: select_spaces(run.spaces(), [args.space], '--space')[args.space].x
               for run in runs}
     targets = choose_targets(first.num_items, args.num_targets, args.items, args.seed)
-    result = compare_neighbours(spaces, first.data['user', 'interacts', 'item'].edge_index,
+    result = compare_neighbours(spaces, first.data[USER_ITEM].edge_index,
                                 first.num_users, first.raw, targets, args.num_neighbours,
                                 args.seed)
     payload = {'analysis': 'neighbours', 'space': args.space, 'runs': _run_info(runs), **result}

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from anchorrec_pyg.analysis.spaces import Space
 from anchorrec_pyg.errors import ConfigError
-from anchorrec_pyg.models.base import MODALITIES
+from anchorrec_pyg.schema import MODALITIES
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data.knn import NO_NEIGHBOUR, cosine_knn
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.models.base import MODALITIES
+from anchorrec_pyg.schema import MODALITIES, USER_ITEM, feature_key
 from anchorrec_pyg.train.evaluator import Evaluator, ScoreFn
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EDGE_TYPE = ('user', 'interacts', 'item')
 DEFAULT_KNN_K = 10
 DEFAULT_SHRINK = 0.0
 DEFAULT_MASK_FRACTION = 0.5
@@ -65,7 +64,7 @@ METHODS = ('zero-shot', 'item-cf')
 
 def _training_matrix(data: HeteroData) -> sp.csr_matrix:
     """The binary ``U x I`` training interaction matrix."""
-    user, item = data[EDGE_TYPE].edge_index.cpu().numpy()
+    user, item = data[USER_ITEM].edge_index.cpu().numpy()
     shape = (int(data['user'].num_nodes), int(data['item'].num_nodes))
     matrix = sp.csr_matrix((np.ones(user.size), (user, item)), shape=shape)
     matrix.data[:] = 1.0
@@ -203,7 +202,7 @@ def interaction_data(inter: Interactions) -> HeteroData:
     data = HeteroData()
     data['user'].num_nodes = inter.num_users
     data['item'].num_nodes = inter.num_items
-    store = data[EDGE_TYPE]
+    store = data[USER_ITEM]
     store.edge_index = torch.from_numpy(inter.train).long()
     store.val_edge_index = torch.from_numpy(inter.valid).long()
     store.test_edge_index = torch.from_numpy(inter.test).long()
@@ -296,7 +295,7 @@ def feature_copies(model: torch.nn.Module, modality: str,
 
 
 def _raw_shape(data: HeteroData, modality: str) -> Optional[torch.Size]:
-    key = f'x_{modality}'
+    key = feature_key(modality)
     return data['item'][key].shape if key in data['item'] else None
 
 
@@ -307,7 +306,7 @@ def masked_modality(model: torch.nn.Module, data: HeteroData, modality: str,
     trainable copies (:func:`feature_copies`; in place, restored afterwards) and in the raw
     table of the yielded shallow copy of :obj:`data` (:obj:`data` itself is not modified)."""
     masked = copy.copy(data)
-    key = f'x_{modality}'
+    key = feature_key(modality)
     if key in data['item']:
         table = data['item'][key].clone()
         table[items.to(table.device)] = 0
@@ -329,7 +328,7 @@ def model_modalities(model: torch.nn.Module, data: HeteroData) -> List[str]:
     r"""The modalities a model can be masked in: those whose raw table is in :obj:`data` or of
     which the model holds a trainable copy."""
     return [m for m in MODALITIES
-            if f'x_{m}' in data['item'] or feature_copies(model, m)]
+            if feature_key(m) in data['item'] or feature_copies(model, m)]
 
 
 def masked_metrics(model: torch.nn.Module, data: HeteroData, ks: Sequence[int],
@@ -358,7 +357,7 @@ def masked_metrics(model: torch.nn.Module, data: HeteroData, ks: Sequence[int],
     for m in modalities:
         copies = feature_copies(model, m, _raw_shape(data, m))
         logger.info('masking %s in %d items: raw table %s, model copies %s', m, items.numel(),
-                    f'x_{m}' if f'x_{m}' in data['item'] else '-',
+                    feature_key(m) if feature_key(m) in data['item'] else '-',
                     ', '.join(n for n, _ in copies) or '-')
         with masked_modality(model, data, m, items) as masked:
             for split in splits:

@@ -22,9 +22,9 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError
+from anchorrec_pyg.schema import USER_ITEM
 from anchorrec_pyg.train.evaluator import SPLITS, Evaluator, Scorer, as_score_fn
 
-EDGE_TYPE = ('user', 'interacts', 'item')
 DEFAULT_BUCKETS = 5
 DEFAULT_KS = (20, )
 
@@ -34,7 +34,7 @@ def popularity_buckets(data: HeteroData, num_buckets: int = DEFAULT_BUCKETS) -> 
     num_items = int(data['item'].num_nodes)
     if not 1 <= num_buckets <= num_items:
         raise ConfigError(f'--buckets must be in [1, {num_items}] (got {num_buckets})')
-    count = np.bincount(data[EDGE_TYPE].edge_index[1].cpu().numpy(), minlength=num_items)
+    count = np.bincount(data[USER_ITEM].edge_index[1].cpu().numpy(), minlength=num_items)
     order = np.argsort(count, kind='stable')
     bucket = np.empty(num_items, dtype=np.int64)
     for b, members in enumerate(np.array_split(order, num_buckets)):
@@ -45,13 +45,13 @@ def popularity_buckets(data: HeteroData, num_buckets: int = DEFAULT_BUCKETS) -> 
 def bucket_data(data: HeteroData, split: str, keep_items: Tensor) -> HeteroData:
     r"""The minimal data of :class:`Evaluator` whose :obj:`split` edges are those of
     :obj:`data` with an item in :obj:`keep_items` (a boolean ``[I]`` mask)."""
-    store = data[EDGE_TYPE]
+    store = data[USER_ITEM]
     held = getattr(store, SPLITS[split]).cpu()
     out = HeteroData()
     out['user'].num_nodes = int(data['user'].num_nodes)
     out['item'].num_nodes = int(data['item'].num_nodes)
-    out[EDGE_TYPE].edge_index = store.edge_index.cpu()
-    setattr(out[EDGE_TYPE], SPLITS[split], held[:, keep_items[held[1]]])
+    out[USER_ITEM].edge_index = store.edge_index.cpu()
+    setattr(out[USER_ITEM], SPLITS[split], held[:, keep_items[held[1]]])
     return out
 
 
@@ -67,7 +67,7 @@ def long_tail_metrics(scorer: Scorer, data: HeteroData, buckets: Tensor,
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)} (got {split!r})")
     score_fn = as_score_fn(scorer, data)
-    count = torch.bincount(data[EDGE_TYPE].edge_index[1].cpu(),
+    count = torch.bincount(data[USER_ITEM].edge_index[1].cpu(),
                            minlength=int(data['item'].num_nodes))
     num_buckets = int(buckets.max()) + 1
     groups = [(str(b), buckets == b) for b in range(num_buckets)]
@@ -75,7 +75,7 @@ def long_tail_metrics(scorer: Scorer, data: HeteroData, buckets: Tensor,
     rows: List[Dict[str, object]] = []
     for name, keep in groups:
         subset = bucket_data(data, split, keep)
-        held = getattr(subset[EDGE_TYPE], SPLITS[split])
+        held = getattr(subset[USER_ITEM], SPLITS[split])
         row: Dict[str, object] = {
             'bucket': name, 'items': int(keep.sum()),
             'min_count': int(count[keep].min()), 'max_count': int(count[keep].max()),

@@ -31,7 +31,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.models.base import MODALITIES, RecOutput
+from anchorrec_pyg.models.base import RecModel, RecOutput
+from anchorrec_pyg.schema import MODALITIES, USER_ITEM, feature_key
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def raw_feature_tables(config, data: HeteroData) -> Dict[str, Tensor]:
     the model does not load, read from the same dataset folder (skipped, with a log line, when
     the folder does not have them)."""
     from anchorrec_pyg.train.runner import load_data
-    raw = {m: data['item'][f'x_{m}'].detach().float().cpu()
-           for m in MODALITIES if f'x_{m}' in data['item']}
+    raw = {m: data['item'][feature_key(m)].detach().float().cpu()
+           for m in MODALITIES if feature_key(m) in data['item']}
     for m in MODALITIES:
         if m in raw:
             continue
@@ -110,7 +111,7 @@ def raw_feature_tables(config, data: HeteroData) -> Dict[str, Tensor]:
         except DataError as e:
             logger.info('raw %s features unavailable for this dataset: %s', m, e)
             continue
-        raw[m] = extra['item'][f'x_{m}'].float().cpu()
+        raw[m] = extra['item'][feature_key(m)].float().cpu()
     return raw
 
 
@@ -143,7 +144,7 @@ def _item_rows(view: Tensor, num_users: int, num_items: int) -> Optional[Tensor]
     return None
 
 
-def item_spaces(model: torch.nn.Module, data: HeteroData, output: RecOutput,
+def item_spaces(model: RecModel, data: HeteroData, output: RecOutput,
                 raw: Optional[Dict[str, Tensor]] = None) -> Dict[str, Space]:
     r"""The item spaces of a model (see the module docstring), in the order raw, original,
     projection, final; every table detached, float32, on the CPU."""
@@ -163,10 +164,8 @@ def item_spaces(model: torch.nn.Module, data: HeteroData, output: RecOutput,
         rows = _item_rows(view, num_users, num_items)
         if rows is not None:
             views[name] = rows
-    project = getattr(model, 'project', None)
-    if callable(project):
-        with torch.no_grad():
-            views.update({k: v for k, v in project(data, output).items() if k not in views})
+    with torch.no_grad():
+        views.update({k: v for k, v in model.project(data, output).items() if k not in views})
     for name, x in views.items():
         if not name.startswith(PROJECTION_PREFIX):
             add(name, 'original', x)
@@ -194,9 +193,9 @@ def check_same_dataset(runs: Sequence[LoadedRun]) -> None:
     r"""Raises :class:`ConfigError` unless all runs have the same numbers of users and items
     and the same training interactions (comparisons use the same target items)."""
     first = runs[0]
-    edges = first.data['user', 'interacts', 'item'].edge_index.cpu()
+    edges = first.data[USER_ITEM].edge_index.cpu()
     for run in runs[1:]:
-        other = run.data['user', 'interacts', 'item'].edge_index.cpu()
+        other = run.data[USER_ITEM].edge_index.cpu()
         if (run.num_users, run.num_items) != (first.num_users, first.num_items) or \
                 not torch.equal(other, edges):
             raise ConfigError(f'{run.path} and {first.path} were trained on different datasets '

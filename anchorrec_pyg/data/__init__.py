@@ -1,6 +1,6 @@
 r"""Data layer: MMRec-format folders (SPEC §1) as PyG ``HeteroData`` with the graphs of
 SPEC §2, memory-bounded exact cosine kNN, and the embedded synthetic datasets."""
-from anchorrec_pyg.data.dataset import IU_EDGE, UI_EDGE, MMRecDataset, knn_edge_type, load_mmrec
+from anchorrec_pyg.data.dataset import MMRecDataset, load_mmrec
 from anchorrec_pyg.data.knn import (
     cosine_knn,
     knn_graph_normalized,
@@ -9,7 +9,6 @@ from anchorrec_pyg.data.knn import (
     normalized_ui_weights,
 )
 from anchorrec_pyg.data.mmrec import (
-    MODALITIES,
     Interactions,
     anchorrec_home,
     concat_anchor,
@@ -28,15 +27,11 @@ from anchorrec_pyg.data.synthetic import (
 __all__ = [
     'MMRecDataset',
     'load_mmrec',
-    'UI_EDGE',
-    'IU_EDGE',
-    'knn_edge_type',
     'cosine_knn',
     'knn_graph_normalized',
     'max_union_graph',
     'normalize_knn',
     'normalized_ui_weights',
-    'MODALITIES',
     'Interactions',
     'anchorrec_home',
     'concat_anchor',

@@ -24,13 +24,7 @@ import torch
 from torch_geometric.data import HeteroData, InMemoryDataset
 
 from anchorrec_pyg.data.knn import knn_graph_normalized, normalized_ui_weights
-from anchorrec_pyg.data.mmrec import (
-    MODALITIES,
-    anchorrec_home,
-    concat_anchor,
-    load_features,
-    load_inter,
-)
+from anchorrec_pyg.data.mmrec import anchorrec_home, concat_anchor, load_features, load_inter
 from anchorrec_pyg.errors import DataError, OutputError
 from anchorrec_pyg.io import (
     atomic_write,
@@ -39,6 +33,7 @@ from anchorrec_pyg.io import (
     verify_checksum,
     zip_crc_ok,
 )
+from anchorrec_pyg.schema import ITEM_USER, MODALITIES, USER_ITEM, feature_key, knn_edge_type
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +54,6 @@ KNOWN_DATASETS = {
     'elec': 'Amazon Electronics',
     'electronics': 'Amazon Electronics',
 }
-
-UI_EDGE = ('user', 'interacts', 'item')
-IU_EDGE = ('item', 'rev_interacts', 'user')
-
-
-def knn_edge_type(modality: str) -> tuple[str, str, str]:
-    """The edge type of modality ``modality``'s item-item kNN graph."""
-    return ('item', f'similar_{modality}', 'item')
 
 
 def _file_hash(path: str, digest: 'hashlib._Hash') -> None:
@@ -297,19 +284,19 @@ class MMRecDataset(InMemoryDataset):
         data['user'].num_nodes = num_users
         data['item'].num_nodes = num_items
         for m in self.modalities:
-            data['item'][f'x_{m}'] = torch.from_numpy(raw[m])
+            data['item'][feature_key(m)] = torch.from_numpy(raw[m])
 
         train = torch.from_numpy(inter.train)
         weight = normalized_ui_weights(train, num_users, num_items)
-        data[UI_EDGE].edge_index = train
-        data[UI_EDGE].edge_weight = weight
-        data[UI_EDGE].val_edge_index = torch.from_numpy(inter.valid)
-        data[UI_EDGE].test_edge_index = torch.from_numpy(inter.test)
-        data[IU_EDGE].edge_index = train.flip(0)
-        data[IU_EDGE].edge_weight = weight.clone()
+        data[USER_ITEM].edge_index = train
+        data[USER_ITEM].edge_weight = weight
+        data[USER_ITEM].val_edge_index = torch.from_numpy(inter.valid)
+        data[USER_ITEM].test_edge_index = torch.from_numpy(inter.test)
+        data[ITEM_USER].edge_index = train.flip(0)
+        data[ITEM_USER].edge_weight = weight.clone()
 
         for m in self.modalities:
-            x = data['item'][f'x_{m}']
+            x = data['item'][feature_key(m)]
             num_zero = int((x.norm(dim=1) == 0).sum())
             if num_zero:
                 logger.warning('%s: %d of %d feature rows are all zero; each such item keeps '

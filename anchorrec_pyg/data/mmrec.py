@@ -36,7 +36,6 @@ LABEL_COLUMN = 'x_label'
 REQUIRED_COLUMNS = (USER_COLUMN, ITEM_COLUMN, LABEL_COLUMN)
 SPLITS = ('train', 'valid', 'test')
 SPLIT_LABELS = {'train': 0, 'valid': 1, 'test': 2}
-MODALITIES = ('mm', 'text', 'image')
 HOME_ENV = 'ANCHORREC_PYG_HOME'
 
 

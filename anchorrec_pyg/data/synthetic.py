@@ -41,6 +41,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.data.mmrec import anchorrec_home
 from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.io import atomic_write, lock_file, make_staging_folder
+from anchorrec_pyg.schema import USER_ITEM
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def popularity_recall(data: HeteroData, k: int = 20, split: str = 'test') -> flo
     r"""Recall@k of the popularity ranking (SPEC §5 protocol): items ranked by training count
     (ties: lower id first), the user's training items masked, full ranking; averaged over the
     users with ``split`` (``'valid'`` or ``'test'``) interactions."""
-    store = data['user', 'interacts', 'item']
+    store = data[USER_ITEM]
     held = store.val_edge_index if split == 'valid' else store.test_edge_index
     num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
     train = store.edge_index

@@ -2,11 +2,9 @@
 from anchorrec_pyg.models.alignrec import AlignRec
 from anchorrec_pyg.models.anchorrec import AnchorRec
 from anchorrec_pyg.models.base import (
-    MODALITIES,
     ModelConfig,
     RecModel,
     RecOutput,
-    UserItemGraph,
     node_ids,
     node_rows,
     require_item_features,
@@ -14,6 +12,12 @@ from anchorrec_pyg.models.base import (
 from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
 from anchorrec_pyg.models.freedom import FREEDOM
+from anchorrec_pyg.models.graph import (
+    CollaborativeView,
+    GraphModelConfig,
+    GraphRecModel,
+    UserItemGraph,
+)
 from anchorrec_pyg.models.lattice import LATTICE
 from anchorrec_pyg.models.lgmrec import LGMRec
 from anchorrec_pyg.models.lightgcn import LightGCN
@@ -22,10 +26,12 @@ from anchorrec_pyg.models.smore import SMORE
 from anchorrec_pyg.models.vbpr import VBPR
 
 __all__ = [
-    'MODALITIES',
     'ModelConfig',
     'RecModel',
     'RecOutput',
+    'GraphModelConfig',
+    'GraphRecModel',
+    'CollaborativeView',
     'UserItemGraph',
     'node_ids',
     'node_rows',

@@ -33,31 +33,19 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.losses import (
-    BPRLoss,
-    CosineDistanceLoss,
-    EmbeddingL2Loss,
-    InfoNCE,
-    SimilarityPreservationLoss,
-)
-from anchorrec_pyg.models.base import (
-    ModelConfig,
-    RecModel,
-    RecOutput,
-    node_rows,
-    require_knn_graphs,
-    rows,
-)
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
+from anchorrec_pyg.losses import CosineDistanceLoss, InfoNCE, SimilarityPreservationLoss
+from anchorrec_pyg.models.base import ModelConfig, RecOutput, node_rows, require_knn_graphs, rows
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
+from anchorrec_pyg.models.similarity import cached_similarities, similarity_target
 from anchorrec_pyg.nn.modality_conv import ModalityConv
-from anchorrec_pyg.nn.propagation import get_backend
+from anchorrec_pyg.schema import feature_key
 
 __all__ = ['AlignRec']
 
 LOSS_TERMS = ('bpr', 'reg', 'uia', 'cca', 'sim')
 
 
-class AlignRec(RecModel):
+class AlignRec(GraphRecModel):
     r"""AlignRec (SPEC §7) on the ``HeteroData`` of Contract 1 (needs ``x_mm`` and the
     ``similar_mm`` kNN graph).
 
@@ -72,11 +60,12 @@ class AlignRec(RecModel):
                    'features, with UIA, InfoNCE (CCA) and similarity-preservation losses')
 
     @dataclass
-    class Config(ModelConfig):
-        """AlignRec hyper-parameters and constants (defaults: the published implementation).
+    class Config(GraphModelConfig):
+        """AlignRec hyper-parameters and constants (defaults: the published implementation;
+        ``embedding_dim``, published 64, and ``propagation`` as
+        :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d (published 64).
             n_ui_layers: LightGCN layers on the user-item graph (published 2).
             n_layers: kNN propagation steps of the multimodal view (published 1).
             reg_weight: weight of the embedding L2 term (published 1e-4).
@@ -88,14 +77,12 @@ class AlignRec(RecModel):
             freeze_features: keep the feature table fixed (published code trains a copy:
                 ``False``).
             feature_layernorm: LayerNorm on the features before the projection (published off).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
             similarity_cache_mb: memory (MiB) up to which the ``I x I`` raw cosine matrix
                 behind the similarity target (packed lower triangle,
                 :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) is computed once and
                 cached (speed only).
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 2
         n_layers: int = 1
         reg_weight: float = 1e-4
@@ -105,58 +92,42 @@ class AlignRec(RecModel):
         tau: float = 0.2
         freeze_features: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'fast'
         similarity_cache_mb: float = 256.0
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
             self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
             self.require(self.tau > 0, 'tau', 'must be > 0')
-            for key in ('reg_weight', 'uia_weight', 'cl_weight', 'sim_weight',
-                        'similarity_cache_mb'):
-                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require_nonnegative('reg_weight', 'uia_weight', 'cl_weight', 'sim_weight',
+                                     'similarity_cache_mb')
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
         return ('mm', )
 
     def __init__(self, data: HeteroData, config: AlignRec.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         cfg = self.config
         require_knn_graphs(data, ('mm', ), 'AlignRec')
-        d = cfg.embedding_dim
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
-        self.features = torch.nn.Parameter(data['item'].x_mm.detach().clone().float(),
+        self.features = torch.nn.Parameter(data['item'][feature_key('mm')].detach().clone().float(),
                                            requires_grad=not cfg.freeze_features)
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
-        self.modality_conv = ModalityConv(self.features.size(1), d, cfg.n_layers,
+        self.modality_conv = ModalityConv(self.features.size(1), cfg.embedding_dim, cfg.n_layers,
                                           cfg.feature_layernorm)
-        self.bpr = BPRLoss()
-        self.l2 = EmbeddingL2Loss()
         self.uia = CosineDistanceLoss()
         self.info_nce = InfoNCE(cfg.tau)
         self.sim = SimilarityPreservationLoss()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        super().reset_parameters()
         self.modality_conv.reset_parameters()
 
     def forward(self, data: HeteroData) -> RecOutput:
-        graph = self.user_item_graph(data, self.propagation)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
-        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
-        h_items, h_users = self.modality_conv(item_emb, node_rows(self.features, data, 'item'),
-                                              self.item_graph(data, 'mm', self.propagation),
-                                              graph.user_item)
-        return RecOutput(user=c[:num_users] + h_users, item=c[num_users:] + h_items,
-                         views={'C': c, 'H_mm': h_items, 'H_mm_user': h_users})
+        view = self.collaborative(data)
+        h_items, h_users = self.modality_conv(view.item_emb,
+                                              node_rows(self.features, data, 'item'),
+                                              self.item_graph(data, 'mm'), view.graph.user_item)
+        return RecOutput(user=view.c_user + h_users, item=view.c_item + h_items,
+                         views={'C': view.c, 'H_mm': h_items, 'H_mm_user': h_users})
 
     def loss(
         self,
@@ -173,12 +144,10 @@ class AlignRec(RecModel):
         ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
         """
         cfg = self.config
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
-        zero = out.user.new_zeros(())
-        terms = dict.fromkeys(LOSS_TERMS, zero)
-        terms['bpr'] = self.bpr((u * p).sum(-1), (u * n).sum(-1))
-        terms['reg'] = cfg.reg_weight * self.l2(
-            u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
+        u, p, n = self.batch_rows(out, users, pos, neg)
+        terms = dict.fromkeys(LOSS_TERMS, out.user.new_zeros(()))
+        terms['bpr'] = self.bpr_loss(u, p, n)
+        terms['reg'] = cfg.reg_weight * self.l2_loss(u, p, n, batch_size)
         if cfg.uia_weight > 0:
             terms['uia'] = cfg.uia_weight * self.uia(u, p)
         h_items = out.views['H_mm']
@@ -190,8 +159,10 @@ class AlignRec(RecModel):
                 self.info_nce(rows(out.views['H_mm_user'], users), rows(c[:num_users], users)))
         if cfg.sim_weight > 0:
             distinct, counts = torch.unique(pos, return_counts=True)
-            target = self.similarity_target(data, 'mm', distinct, counts,
-                                            'mm' in self.cached_similarities(data), h_items.dtype)
+            cached = 'mm' in cached_similarities(data, ('mm', ), cfg.similarity_cache_mb)
+            target = similarity_target(self.graph_cache, 'similarity_mm',
+                                       data['item'][feature_key('mm')], distinct, counts, cached,
+                                       h_items.dtype)
             terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

@@ -28,35 +28,27 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.losses import (
-    AALLoss,
-    AMPLoss,
-    BPRLoss,
-    CosineMarginLoss,
-    EmbeddingL2Loss,
-    GraphSmoothnessLoss,
-)
+from anchorrec_pyg.losses import AALLoss, AMPLoss, CosineMarginLoss, GraphSmoothnessLoss
 from anchorrec_pyg.models.base import (
-    MODALITIES,
     ModelConfig,
-    RecModel,
     RecOutput,
     feature_copies,
     node_rows,
     require_knn_graphs,
     rows,
 )
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
+from anchorrec_pyg.models.similarity import cached_similarities, similarity_target
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
 from anchorrec_pyg.nn.projection import ProjectionDomain
-from anchorrec_pyg.nn.propagation import get_backend
+from anchorrec_pyg.schema import MODALITIES, feature_key, knn_edge_type
 
 __all__ = ['AnchorRec']
 
 LOSS_TERMS = ('bpr', 'reg', 'cm', 'aal', 'amp', 'smooth')
 
 
-class AnchorRec(RecModel):
+class AnchorRec(GraphRecModel):
     r"""AnchorRec (SPEC §2-§4) on the ``HeteroData`` of Contract 1.
 
     Parameters: ID tables ``Eu``, ``Ei`` (Xavier-uniform), trainable copies of the three raw
@@ -80,11 +72,12 @@ class AnchorRec(RecModel):
                    'through a multimodal anchor in a projection domain (AAL + AMP)')
 
     @dataclass
-    class Config(ModelConfig):
-        """AnchorRec hyper-parameters and constants (defaults: the published implementation).
+    class Config(GraphModelConfig):
+        """AnchorRec hyper-parameters and constants (defaults: the published implementation;
+        ``embedding_dim``, published 64, and ``propagation`` as
+        :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d (published 64).
             n_ui_layers: LightGCN layers on the user-item graph (published 2).
             n_layers: kNN propagation steps of the modality views (grid {1, 2, 3}).
             lambda_reg: weight of the embedding L2 term (published ``lambda_weight``, grid
@@ -109,15 +102,11 @@ class AnchorRec(RecModel):
                 (published code leaves it out: ``False``).
             feature_layernorm: LayerNorm on each feature table before its projection (published
                 ``use_ln``, off).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`):
-                ``'fast'`` (default, :class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`), or
-                ``'pyg'`` (the MessagePassing reference) and ``'torch_csr'``: the same products
-                to float rounding, each reproducible bit for bit with one seed.
             similarity_cache_mb: memory budget (MiB, all modalities together) for caching the
                 ``I x I`` raw cosine-similarity matrices behind AMP's targets (packed lower
                 triangles, :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) instead of
                 computing each batch's block (widest feature table first, see
-                :meth:`~anchorrec_pyg.models.base.RecModel.cached_similarities`); trades
+                :func:`~anchorrec_pyg.models.similarity.cached_similarities`); trades
                 memory for recomputation, the
                 targets are the same (0: compute every block). The default fits Baby's image
                 table (99 MB).
@@ -127,7 +116,6 @@ class AnchorRec(RecModel):
                 step; a table's gradient tensor is overwritten by the next backward pass.
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 2
         n_layers: int = 1
         lambda_reg: float = 0.001
@@ -147,34 +135,26 @@ class AnchorRec(RecModel):
         freeze_features: bool = False
         fuse_image_view: bool = False
         feature_layernorm: bool = False
-        propagation: str = 'fast'
         similarity_cache_mb: float = 128.0
         feature_grad_buffer: bool = True
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
             self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
             self.require(self.tau > 0, 'tau', 'must be > 0')
-            for key in ('lambda_reg', 'aal_weight', 'amp_weight', 'cm_weight', 'mix_image',
-                        'mix_text', 'amp_mm', 'amp_text', 'amp_image', 'smooth_weight',
-                        'recover_lambda', 'similarity_cache_mb'):
-                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require_nonnegative('lambda_reg', 'aal_weight', 'amp_weight', 'cm_weight',
+                                     'mix_image', 'mix_text', 'amp_mm', 'amp_text', 'amp_image',
+                                     'smooth_weight', 'recover_lambda', 'similarity_cache_mb')
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
         return MODALITIES
 
     def __init__(self, data: HeteroData, config: AnchorRec.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         cfg = self.config
         require_knn_graphs(data, MODALITIES, 'AnchorRec')
         d = cfg.embedding_dim
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = feature_copies(data, MODALITIES, trainable=not cfg.freeze_features)
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
         self.modality_convs = torch.nn.ModuleDict({
             m: ModalityConv(self.features[m].size(1), d, cfg.n_layers, cfg.feature_layernorm,
                             cfg.feature_grad_buffer)
@@ -183,8 +163,6 @@ class AnchorRec(RecModel):
         self.projection = ProjectionDomain(d, self.features['text'].size(1),
                                            self.features['image'].size(1), cfg.mix_text,
                                            cfg.mix_image)
-        self.bpr = BPRLoss()
-        self.l2 = EmbeddingL2Loss()
         self.cosine_margin = CosineMarginLoss(cfg.cm_margin)
         self.aal = AALLoss(cfg.tau)
         self.amp = AMPLoss({'mm': cfg.amp_mm, 'text': cfg.amp_text, 'image': cfg.amp_image})
@@ -192,8 +170,7 @@ class AnchorRec(RecModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        super().reset_parameters()
         for conv in self.modality_convs.values():
             conv.reset_parameters()
         self.projection.reset_parameters()
@@ -205,30 +182,24 @@ class AnchorRec(RecModel):
 
     def forward(self, data: HeteroData) -> RecOutput:
         cfg = self.config
-        graph = self.user_item_graph(data, self.propagation)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
-
-        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
-
+        view = self.collaborative(data)
         gated = [
-            self.modality_convs[m].gated(item_emb, node_rows(self.features[m], data, 'item'))
+            self.modality_convs[m].gated(view.item_emb, node_rows(self.features[m], data, 'item'))
             for m in MODALITIES
         ]
-        item_adjs = [self.item_graph(data, m, self.propagation) for m in MODALITIES]
-        items, users = propagate_item_views(gated, item_adjs, graph.user_item, cfg.n_layers)
+        item_adjs = [self.item_graph(data, m) for m in MODALITIES]
+        items, users = propagate_item_views(gated, item_adjs, view.graph.user_item, cfg.n_layers)
         h_items = dict(zip(MODALITIES, items))
         h_users = dict(zip(MODALITIES, users))
 
         anchor = self.projection.project_anchor(h_items['mm'])
         correction = self.projection.anchor_correction(anchor)
 
-        z_user = c[:num_users] + sum(h_users[m] for m in self.fused_modalities)
-        z_item = (c[num_users:] + sum(h_items[m] for m in self.fused_modalities) +
+        z_user = view.c_user + sum(h_users[m] for m in self.fused_modalities)
+        z_item = (view.c_item + sum(h_items[m] for m in self.fused_modalities) +
                   cfg.recover_lambda * correction)
 
-        views = {'C': c}
+        views = {'C': view.c}
         views.update({f'H_{m}': h_items[m] for m in MODALITIES})
         views.update({f'H_{m}_user': h_users[m] for m in MODALITIES})
         views['h_mm'] = anchor
@@ -247,7 +218,7 @@ class AnchorRec(RecModel):
         num_users = out.user.size(0)
         c_items = out.views['C'][num_users:]
         anchor = out.views['h_mm']
-        text, image = data['item'].x_text, data['item'].x_image
+        text, image = data['item'][feature_key('text')], data['item'][feature_key('image')]
         if items is not None:
             c_items, anchor = rows(c_items, items), rows(anchor, items)
             text, image = rows(text, items), rows(image, items)
@@ -278,13 +249,10 @@ class AnchorRec(RecModel):
         ``batch_size`` is the configured B of the L2 term (``None``: ``len(users)``).
         """
         cfg = self.config
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
-        zero = out.user.new_zeros(())
-        terms = dict.fromkeys(LOSS_TERMS, zero)
-
-        terms['bpr'] = self.bpr((u * p).sum(-1), (u * n).sum(-1))
-        terms['reg'] = cfg.lambda_reg * self.l2(
-            u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
+        u, p, n = self.batch_rows(out, users, pos, neg)
+        terms = dict.fromkeys(LOSS_TERMS, out.user.new_zeros(()))
+        terms['bpr'] = self.bpr_loss(u, p, n)
+        terms['reg'] = cfg.lambda_reg * self.l2_loss(u, p, n, batch_size)
         if cfg.cm_enabled and cfg.cm_weight > 0:
             terms['cm'] = cfg.cm_weight * self.cosine_margin(u, p, n)
         if cfg.aal_weight > 0 or cfg.amp_weight > 0:
@@ -296,15 +264,15 @@ class AnchorRec(RecModel):
             terms['aal'] = cfg.aal_weight * self.aal(projected['h_mm'], projected['h_id'],
                                                      projected['h_mix'], counts)
         if cfg.amp_weight > 0:
-            cached = self.cached_similarities(data)
+            cached = cached_similarities(data, MODALITIES, cfg.similarity_cache_mb)
             embeddings = {m: rows(out.views[f'H_{m}'], distinct) for m in MODALITIES}
-            targets = {m: self.similarity_target(data, m, distinct, counts, m in cached,
-                                                 out.item.dtype) for m in MODALITIES}
+            targets = {m: similarity_target(self.graph_cache, f'similarity_{m}',
+                                            data['item'][feature_key(m)], distinct, counts,
+                                            m in cached, out.item.dtype) for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
-            knn = data['item', 'similar_mm', 'item']
+            knn = data[knn_edge_type('mm')]
             terms['smooth'] = cfg.smooth_weight * self.smoothness(
-                out.views['H_mm'], knn.edge_index, knn.edge_weight,
-                self.item_graph(data, 'mm', self.propagation))
+                out.views['H_mm'], knn.edge_index, knn.edge_weight, self.item_graph(data, 'mm'))
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

@@ -18,6 +18,18 @@ Every recommender of the package is a :class:`RecModel`:
 * ``Model.required_modalities(config)``: the item feature tables (``'mm'``, ``'text'``,
   ``'image'``) the model reads, checked before training.
 
+The optional part of the model-trainer contract is declared on :class:`RecModel` with its
+default, which a model overrides where it differs:
+
+* ``needs_negatives`` (default ``True``): ``False`` makes the trainer hand :meth:`RecModel.loss`
+  positive pairs (``neg`` is ``None``);
+* ``sampled_refusal`` (default ``None``): ``None`` means the model can train on a sampled
+  subgraph ``HeteroData`` (node ids in ``n_id``), otherwise a one-line reason why it cannot;
+* :meth:`RecModel.on_epoch_start` (default: nothing): called by the trainer before every
+  training epoch with the run's random generator;
+* :meth:`RecModel.project` (default: no views): projection-domain item views the analyses
+  compare beside ``out.views``.
+
 Subgraphs: a model reads node ids from ``data[node_type].n_id`` when present (else
 ``arange(num_nodes)``) to index its embedding tables, so a sampled subgraph gets the rows of its
 own nodes; everything else (features, edges) is read from the data object it is given.
@@ -25,6 +37,9 @@ own nodes; everything else (features, edges) is read from the data object it is 
 Data-derived objects (adjacency operators, normalised feature tables) are built once per data
 object and kept in ``self.graph_cache`` (:class:`~anchorrec_pyg.nn.propagation.TensorCache`),
 keyed by the identity of the data tensors they come from.
+
+The models with a LightGCN collaborative view share
+:class:`~anchorrec_pyg.models.graph.GraphRecModel`.
 """
 from __future__ import annotations
 
@@ -39,17 +54,13 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.losses import PackedCosineSimilarity, SimilarityTarget
-from anchorrec_pyg.nn.lightgcn import user_item_adjacency
-from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, PropagationBackend, TensorCache
+from anchorrec_pyg.nn.propagation import TensorCache
+from anchorrec_pyg.schema import MODALITIES, MODALITY_FILES, feature_key, knn_edge_type
 
 __all__ = [
-    'MODALITIES',
-    'MODALITY_FILES',
     'ModelConfig',
     'RecOutput',
     'RecModel',
-    'UserItemGraph',
     'node_ids',
     'node_rows',
     'rows',
@@ -57,19 +68,6 @@ __all__ = [
     'require_knn_graphs',
     'feature_copies',
 ]
-
-#: The modalities of SPEC §1 and the ``HeteroData`` attribute of each (``data['item'].x_<m>``).
-MODALITIES: tuple[str, ...] = ('mm', 'text', 'image')
-
-#: The MMRec file each modality comes from (SPEC §1), for error messages.
-MODALITY_FILES: dict[str, str] = {
-    'mm': '<name>_beit3/image_feat.npy',
-    'text': 'text_feat.npy',
-    'image': 'image_feat.npy',
-}
-
-USER_ITEM = ('user', 'interacts', 'item')
-ITEM_USER = ('item', 'rev_interacts', 'user')
 
 
 def _is_instance(value: object, expected: type) -> bool:
@@ -85,7 +83,7 @@ class ModelConfig:
 
     On construction every field is checked against its annotated type (``int``, ``float``,
     ``bool``, ``str``; an int is accepted and converted where a float is expected), then
-    :meth:`validate` checks ranges; a ``propagation`` field must name a registered backend.
+    :meth:`validate` checks ranges.
     Errors name the dotted key, e.g. ``model.tau must be > 0``.
     """
 
@@ -100,9 +98,6 @@ class ModelConfig:
                 raise ConfigError(f'model.{f.name} must be of type {expected.__name__}, '
                                   f'got {value!r}')
         self.validate()
-        if 'propagation' in {f.name for f in dataclasses.fields(self)}:
-            self.require(self.propagation in BACKENDS, 'propagation',
-                         f"must be one of {', '.join(sorted(BACKENDS))}")
 
     def validate(self) -> None:
         """Range checks of the subclass; raise :class:`ConfigError` via :meth:`require`."""
@@ -112,6 +107,11 @@ class ModelConfig:
         """Raises ``ConfigError('model.<key> <requirement>')`` unless ``condition``."""
         if not condition:
             raise ConfigError(f'model.{key} {requirement}')
+
+    def require_nonnegative(self, *keys: str) -> None:
+        """:meth:`require` ``>= 0`` of each field named in ``keys``."""
+        for key in keys:
+            self.require(getattr(self, key) >= 0, key, 'must be >= 0')
 
 
 @dataclass
@@ -127,19 +127,6 @@ class RecOutput:
     user: Tensor
     item: Tensor
     views: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class UserItemGraph:
-    """The user-item graph operators of SPEC §2.
-
-    Attributes:
-        adj: the normalised ``(U+I) x (U+I)`` adjacency of LightGCN (users first).
-        user_item: ``R``, the ``U x I`` user-to-item block (``R @ item_features`` gives users).
-    """
-
-    adj: Adjacency
-    user_item: Adjacency
 
 
 def node_ids(data: HeteroData, node_type: str) -> Tensor:
@@ -178,20 +165,19 @@ def node_rows(table: Tensor, data: HeteroData, node_type: str) -> Tensor:
 def require_item_features(data: HeteroData, modalities: tuple[str, ...], model: str) -> None:
     """Raises a one-line :class:`DataError` naming the first missing feature table."""
     store = data['item'] if 'item' in data.node_types else None
-    present = [f'x_{m}' for m in MODALITIES if store is not None and f'x_{m}' in store]
+    present = [feature_key(m) for m in MODALITIES if store is not None and feature_key(m) in store]
     for m in modalities:
-        if f'x_{m}' not in present:
+        if feature_key(m) not in present:
             have = ', '.join(present) if present else 'no feature tables'
-            raise DataError(f"{model} needs item features 'x_{m}' ({MODALITY_FILES[m]}); "
-                            f'the dataset has: {have}')
+            raise DataError(f"{model} needs item features '{feature_key(m)}' "
+                            f'({MODALITY_FILES[m]}); the dataset has: {have}')
 
 
 def require_knn_graphs(data: HeteroData, modalities: tuple[str, ...], model: str) -> None:
     """Raises a one-line :class:`DataError` naming the first missing kNN edge type."""
     for m in modalities:
-        if ('item', f'similar_{m}', 'item') not in data.edge_types:
-            raise DataError(f"{model} needs the ('item', 'similar_{m}', 'item') kNN edges; "
-                            'the dataset has none')
+        if knn_edge_type(m) not in data.edge_types:
+            raise DataError(f'{model} needs the {knn_edge_type(m)} kNN edges; the dataset has none')
 
 
 def feature_copies(data: HeteroData, modalities: tuple[str, ...],
@@ -199,7 +185,7 @@ def feature_copies(data: HeteroData, modalities: tuple[str, ...],
     """Parameters initialised from the raw tables ``data['item'].x_<m>`` (float32 copies; with
     ``trainable=False`` they stay in the ``state_dict`` but get no gradient)."""
     return torch.nn.ParameterDict({
-        m: torch.nn.Parameter(data['item'][f'x_{m}'].detach().clone().float(),
+        m: torch.nn.Parameter(data['item'][feature_key(m)].detach().clone().float(),
                               requires_grad=trainable)
         for m in modalities
     })
@@ -218,14 +204,15 @@ class RecModel(torch.nn.Module, ABC):
 
     Args:
         data: the full ``HeteroData`` of Contract 1 (sizes and feature tables).
-        config: an instance of the model's ``Config``.
+        config: an instance of the model's ``Config`` (``None``: its defaults).
     """
 
     Config: ClassVar[type[ModelConfig]]
     description: ClassVar[str]
 
-    def __init__(self, data: HeteroData, config: ModelConfig) -> None:
+    def __init__(self, data: HeteroData, config: ModelConfig | None = None) -> None:
         super().__init__()
+        config = self.Config() if config is None else config
         if not isinstance(config, self.Config):
             raise ConfigError(f'{type(self).__name__} needs a {type(self).__name__}.Config, '
                               f'got {type(config).__name__}')
@@ -259,96 +246,32 @@ class RecModel(torch.nn.Module, ABC):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of the triples and each weighted term (detached scalars) by short name."""
 
-    def user_item_graph(self, data: HeteroData, backend: PropagationBackend) -> UserItemGraph:
-        """The SPEC §2 user-item operators of ``data``, built once and cached.
+    def batch_rows(self, out: RecOutput, users: Tensor, pos: Tensor,
+                   neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows ``(u, p, n)`` of a batch's users, positives and negatives in ``out``
+        (through :func:`rows`, so that the backward pass is deterministic)."""
+        return rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
 
-        Reads ``('user', 'interacts', 'item')`` and, when present, ``('item', 'rev_interacts',
-        'user')`` (otherwise the flipped forward edges), with their stored ``edge_weight``.
-        """
-        if USER_ITEM not in data.edge_types:
-            raise DataError("the dataset has no ('user', 'interacts', 'item') edges")
-        ui = data[USER_ITEM]
-        if 'edge_weight' not in ui:
-            raise DataError("the ('user', 'interacts', 'item') edges have no edge_weight")
-        rev = data[ITEM_USER] if ITEM_USER in data.edge_types else None
-        num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
+    # The optional part of the model-trainer contract: the defaults a model may override. #####
 
-        def build() -> UserItemGraph:
-            if rev is None:
-                iu_index, iu_weight = ui.edge_index.flip(0), ui.edge_weight
-            else:
-                iu_index, iu_weight = rev.edge_index, rev.edge_weight
-            adj = user_item_adjacency(backend, ui.edge_index, ui.edge_weight, iu_index,
-                                      iu_weight, num_users, num_items)
-            user_item = backend.adjacency(iu_index, iu_weight, (num_items, num_users))
-            return UserItemGraph(adj=adj, user_item=user_item)
+    #: ``False``: the trainer samples positive pairs only and :meth:`loss` gets ``neg=None``.
+    needs_negatives: ClassVar[bool] = True
 
-        key = (ui.edge_index, ui.edge_weight, None if rev is None else rev.edge_index,
-               None if rev is None else rev.edge_weight)
-        return self.graph_cache.get(f'user_item:{num_users}:{num_items}', key, build)
+    #: ``None``: the model can train on a sampled subgraph ``HeteroData`` (its nodes' global
+    #: ids in ``data[node_type].n_id``); otherwise a one-line reason why it cannot, which the
+    #: trainer reports when sampled training is asked for.
+    sampled_refusal: ClassVar[str | None] = None
 
-    def item_graph(self, data: HeteroData, modality: str,
-                   backend: PropagationBackend) -> Adjacency:
-        """The kNN operator ``A_m`` (``I x I``) of ``data['item', 'similar_<m>', 'item']``."""
-        edge_type = ('item', f'similar_{modality}', 'item')
-        if edge_type not in data.edge_types:
-            raise DataError(f"the dataset has no {edge_type} kNN edges for modality '{modality}'")
-        store = data[edge_type]
-        if 'edge_weight' not in store:
-            raise DataError(f'the {edge_type} edges have no edge_weight')
-        num_items = data['item'].num_nodes
-        return self.graph_cache.get(
-            f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
-            lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
+    def on_epoch_start(self, data: HeteroData, epoch: int, generator: torch.Generator) -> None:
+        """Called by the trainer before each training epoch (``epoch`` counts from 1) with the
+        run's generator, so that what a model draws per epoch (e.g. FREEDOM's pruned graph) is
+        reproducible and resumable. Default: nothing."""
 
-    def cached_similarities(self, data: HeteroData) -> tuple[str, ...]:
-        """The modalities (of :meth:`required_modalities`) whose ``I x I`` raw cosine-similarity
-        matrix :meth:`similarity_target` caches, for models with a ``similarity_cache_mb``
-        config key.
-
-        ``similarity_cache_mb`` is one budget for all modalities, spent on the tables that are
-        the most expensive to recompute per batch (the widest feature table first); the others
-        are computed blockwise per batch. Speed and memory only: the targets are the same.
-        A sampled subgraph (``n_id`` on the items) caches none: its table is new every batch.
-        """
-        if 'n_id' in data['item']:
-            return ()
-        budget = self.config.similarity_cache_mb * 2**20
-        num_items = int(data['item'].num_nodes)
-        cached = []
-        for m in sorted(self.required_modalities(self.config),
-                        key=lambda m: -data['item'][f'x_{m}'].size(1)):
-            size = PackedCosineSimilarity.nbytes(num_items, data['item'][f'x_{m}'].element_size())
-            if size <= budget:
-                cached.append(m)
-                budget -= size
-        return tuple(cached)
-
-    def similarity_target(self, data: HeteroData, modality: str, distinct: Tensor,
-                          counts: Tensor, cache: bool,
-                          dtype: torch.dtype | None = None) -> SimilarityTarget:
-        """The target ``S`` of the similarity-preservation terms (SPEC §4 AMP, §7): the cosine
-        similarities of the raw feature rows of ``data['item'].x_<modality>``, for a batch whose
-        sorted distinct items are ``distinct`` with multiplicities ``counts``
-        (``torch.unique(items, return_counts=True)``);
-        :class:`~anchorrec_pyg.losses.SimilarityPreservationLoss` takes it with the embedding
-        rows of ``distinct``.
-
-        With ``cache`` the ``I x I`` matrix is computed once per data tensor
-        (:class:`~anchorrec_pyg.losses.PackedCosineSimilarity`, half the memory of the full
-        matrix) and the block of the distinct items gathered from it; otherwise the
-        target carries the distinct rows, normalised. The loss is the same either way: ``cache``
-        trades memory for recomputation.
-        """
-        require_item_features(data, (modality, ), type(self).__name__)
-        table = data['item'][f'x_{modality}']
-        if cache:
-            packed = self.graph_cache.get(f'similarity_{modality}', (table, ),
-                                          lambda: PackedCosineSimilarity(table))
-            block = packed.block(distinct)
-            return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
-        unit_rows = torch.nn.functional.normalize(table.detach().index_select(0, distinct), dim=-1)
-        return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit_rows.dtype))
+    def project(self, data: HeteroData, out: RecOutput,
+                items: Tensor | None = None) -> dict[str, Tensor]:
+        """Projection-domain views of ``items`` (all items when ``None``) by name, which the
+        analyses compare beside ``out.views`` (SPEC §6). Default: none."""
+        return {}
 
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'

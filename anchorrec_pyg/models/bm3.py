@@ -23,6 +23,7 @@ returns the predicted embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +31,15 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import CosineDistanceLoss, EmbLoss
-from anchorrec_pyg.models.base import (
-    ModelConfig,
-    RecModel,
-    RecOutput,
-    feature_copies,
-    node_rows,
-    rows,
-)
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
-from anchorrec_pyg.nn.propagation import get_backend
+from anchorrec_pyg.models.base import ModelConfig, RecOutput, feature_copies, node_rows, rows
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
 
 __all__ = ['BM3']
 
 FEATURE_MODALITIES = ('text', 'image')
 
 
-class BM3(RecModel):
+class BM3(GraphRecModel):
     r"""BM3 (SPEC §9) on the text and image tables of Contract 1.
 
     ``needs_negatives = False``: the trainer hands :meth:`loss` positive pairs (``neg`` is
@@ -61,49 +54,41 @@ class BM3(RecModel):
     needs_negatives = False
 
     @dataclass
-    class Config(ModelConfig):
-        """BM3 hyper-parameters (MMRec's defaults).
+    class Config(GraphModelConfig):
+        """BM3 hyper-parameters (MMRec's defaults; ``embedding_dim``, published 64, and
+        ``propagation`` as :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d (published 64).
             n_layers: LightGCN layers :math:`L` (grid {1, 2}).
             dropout: :math:`p`, dropout of the targets (grid {0.3, 0.5}).
             reg_weight: :math:`\\lambda` of the ``EmbLoss`` term (grid {0.1, 0.01}).
             cl_weight: weight of the feature terms (published 2.0).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
         """
 
-        embedding_dim: int = 64
+        ui_layers_key: ClassVar[str] = 'n_layers'
+
         n_layers: int = 1
         dropout: float = 0.5
         reg_weight: float = 0.1
         cl_weight: float = 2.0
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_layers >= 0, 'n_layers', 'must be >= 0')
             self.require(0 <= self.dropout < 1, 'dropout', 'must be in [0, 1)')
-            for key in ('reg_weight', 'cl_weight'):
-                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require_nonnegative('reg_weight', 'cl_weight')
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
         return FEATURE_MODALITIES
 
     def __init__(self, data: HeteroData, config: BM3.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         d = self.config.embedding_dim
-        self.propagation = get_backend(self.config.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = feature_copies(data, FEATURE_MODALITIES)
         self.feature_maps = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d)
             for m in FEATURE_MODALITIES
         })
         self.predictor = torch.nn.Linear(d, d)
-        self.encoder = LightGCNEncoder(self.config.n_layers)
         self.distance = CosineDistanceLoss()
         self.reg = EmbLoss()
         self.reset_parameters()
@@ -111,21 +96,16 @@ class BM3(RecModel):
     def reset_parameters(self) -> None:
         """Xavier-uniform ID tables; MMRec's Xavier-normal weights for the predictor and the
         feature maps (PyTorch's default biases)."""
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        super().reset_parameters()
         for linear in (self.predictor, *self.feature_maps.values()):
             linear.reset_parameters()
             torch.nn.init.xavier_normal_(linear.weight)
 
     def forward(self, data: HeteroData) -> RecOutput:
-        graph = self.user_item_graph(data, self.propagation)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
-        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
-        users, items = c[:num_users], c[num_users:] + item_emb
+        view = self.collaborative(data)
+        users, items = view.c_user, view.c_item + view.item_emb
         return RecOutput(user=self.predictor(users), item=self.predictor(items),
-                         views={'U': users, 'I': items, 'C': c})
+                         views={'U': users, 'I': items, 'C': view.c})
 
     def loss(
         self,

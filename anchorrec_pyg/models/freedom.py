@@ -32,23 +32,22 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import degree
 
 from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.losses import BPRLoss
 from anchorrec_pyg.models.base import (
     ModelConfig,
-    RecModel,
     RecOutput,
     feature_copies,
     node_rows,
     require_knn_graphs,
     rows,
 )
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
-from anchorrec_pyg.nn.propagation import Adjacency, get_backend
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
+from anchorrec_pyg.nn.lightgcn import user_item_adjacency
+from anchorrec_pyg.nn.propagation import Adjacency
+from anchorrec_pyg.schema import USER_ITEM, knn_edge_type
 
 __all__ = ['FREEDOM', 'freedom_item_graph', 'prune_user_item_edges']
 
 FEATURE_MODALITIES = ('text', 'image')
-UI_EDGE = ('user', 'interacts', 'item')
 
 
 def _binary_knn_weights(edge_index: Tensor, num_items: int) -> Tensor:
@@ -108,7 +107,7 @@ def prune_user_item_edges(edge_index: Tensor, edge_weight: Tensor, num_users: in
     return kept, weight
 
 
-class FREEDOM(RecModel):
+class FREEDOM(GraphRecModel):
     r"""FREEDOM (SPEC §9) on the text and image tables and kNN graphs of Contract 1.
 
     ``forward`` returns users :math:`\mathbf{C}_u` and items :math:`\mathbf{C}_i + \mathbf{H}`,
@@ -124,11 +123,12 @@ class FREEDOM(RecModel):
                        'pruned user-item graph is drawn from the whole graph each epoch')
 
     @dataclass
-    class Config(ModelConfig):
-        r"""FREEDOM hyper-parameters (MMRec's defaults).
+    class Config(GraphModelConfig):
+        r"""FREEDOM hyper-parameters (MMRec's defaults; ``embedding_dim``, published 64, is also
+        the width of ``W_t``, ``W_v``'s outputs; ``propagation`` as
+        :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d of the ID tables and of ``W_t``, ``W_v``'s outputs (published 64).
             n_ui_layers: LightGCN layers (published 2).
             n_mm_layers: propagation steps on the item-item graph (published 1).
             edge_dropout: :math:`\rho`, the fraction of user-item edges pruned each epoch (grid
@@ -136,20 +136,15 @@ class FREEDOM(RecModel):
             reg_weight: :math:`\lambda`, weight of the feature BPR terms (grid {0.03, 0.05,
                 0.07}).
             image_weight: :math:`w_v` of the item-item graph (published 0.1).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 2
         n_mm_layers: int = 1
         edge_dropout: float = 0.8
         reg_weight: float = 0.05
         image_weight: float = 0.1
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
             self.require(self.n_mm_layers >= 0, 'n_mm_layers', 'must be >= 0')
             self.require(0 <= self.edge_dropout < 1, 'edge_dropout', 'must be in [0, 1)')
             self.require(self.reg_weight >= 0, 'reg_weight', 'must be >= 0')
@@ -160,35 +155,27 @@ class FREEDOM(RecModel):
         return FEATURE_MODALITIES
 
     def __init__(self, data: HeteroData, config: FREEDOM.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
-        cfg = self.config
+        super().__init__(data, config)
         require_knn_graphs(data, FEATURE_MODALITIES, 'FREEDOM')
-        d = cfg.embedding_dim
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = feature_copies(data, FEATURE_MODALITIES)
         self.feature_maps = torch.nn.ModuleDict({
-            m: torch.nn.Linear(self.features[m].size(1), d)
+            m: torch.nn.Linear(self.features[m].size(1), self.config.embedding_dim)
             for m in FEATURE_MODALITIES
         })
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
-        self.bpr = BPRLoss()
         self.pruned_adj: Adjacency | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform ID tables; PyTorch's default initialisation of ``W_t``, ``W_v``."""
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        super().reset_parameters()
         for linear in self.feature_maps.values():
             linear.reset_parameters()
 
     def item_item_graph(self, data: HeteroData) -> Adjacency:
         """The operator :math:`\\mathbf{S}` of :func:`freedom_item_graph` on ``data``'s kNN
         neighbour sets, built once per data object."""
-        text = data['item', 'similar_text', 'item'].edge_index
-        image = data['item', 'similar_image', 'item'].edge_index
+        text = data[knn_edge_type('text')].edge_index
+        image = data[knn_edge_type('image')].edge_index
         num_items = data['item'].num_nodes
 
         def build() -> Adjacency:
@@ -204,7 +191,7 @@ class FREEDOM(RecModel):
         if self.config.edge_dropout == 0:
             self.pruned_adj = None
             return
-        store = data[UI_EDGE]
+        store = data[USER_ITEM]
         num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
         kept, weight = prune_user_item_edges(store.edge_index, store.edge_weight, num_users,
                                              num_items, 1.0 - self.config.edge_dropout,
@@ -213,17 +200,12 @@ class FREEDOM(RecModel):
                                               num_users, num_items)
 
     def forward(self, data: HeteroData) -> RecOutput:
-        graph = self.user_item_graph(data, self.propagation)
-        adj = self.pruned_adj if self.training and self.pruned_adj is not None else graph.adj
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
-        h = item_emb
+        view = self.collaborative(data, self.pruned_adj if self.training else None)
+        h = view.item_emb
         item_item = self.item_item_graph(data)
         for _ in range(self.config.n_mm_layers):
             h = item_item @ h
-        c = self.encoder(torch.cat([user_emb, item_emb]), adj)
-        return RecOutput(user=c[:num_users], item=c[num_users:] + h, views={'C': c, 'H': h})
+        return RecOutput(user=view.c_user, item=view.c_item + h, views={'C': view.c, 'H': h})
 
     def loss(
         self,
@@ -237,12 +219,12 @@ class FREEDOM(RecModel):
         """BPR on the final embeddings + ``reg_weight`` times the text and image BPR terms
         (``batch_size`` is not used: FREEDOM has no L2 term). The feature maps are applied to
         the batch's rows only (the same values as mapping the whole table, then indexing)."""
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
-        bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
+        u, p, n = self.batch_rows(out, users, pos, neg)
+        bpr = self.bpr_loss(u, p, n)
         modal = out.user.new_zeros(())
         for m in FEATURE_MODALITIES:
             table = node_rows(self.features[m], data, 'item')
             fp, fn = self.feature_maps[m](rows(table, pos)), self.feature_maps[m](rows(table, neg))
-            modal = modal + self.bpr((u * fp).sum(-1), (u * fn).sum(-1))
+            modal = modal + self.bpr_loss(u, fp, fn)
         modal = self.config.reg_weight * modal
         return bpr + modal, {'bpr': bpr.detach(), 'modal': modal.detach()}

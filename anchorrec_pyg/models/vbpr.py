@@ -27,13 +27,20 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import BPRLoss, EmbLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows, rows
+from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows
+from anchorrec_pyg.schema import feature_key
 
 __all__ = ['VBPR']
+
+#: The raw tables of the content part, in the order concatenated (text first, as MMRec).
+CONTENT_MODALITIES = ('text', 'image')
 
 
 class VBPR(RecModel):
     r"""VBPR (SPEC §9) on the text and image tables of Contract 1.
+
+    A :class:`~anchorrec_pyg.models.base.RecModel`, not a graph model: it propagates nothing,
+    and its ID tables differ in width (users ``2d``, items ``d``).
 
     ``forward`` returns users :math:`\boldsymbol{\theta}` (``[U, 2d]``) and items
     :math:`[\boldsymbol{\gamma} \| \mathbf{W}\mathbf{x} + \mathbf{b}]` (``[I, 2d]``), with the
@@ -61,14 +68,15 @@ class VBPR(RecModel):
 
     @classmethod
     def required_modalities(cls, config: ModelConfig) -> tuple[str, ...]:
-        return ('text', 'image')
+        return CONTENT_MODALITIES
 
     def __init__(self, data: HeteroData, config: VBPR.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         d = self.config.embedding_dim
         item = data['item']
         self.register_buffer('raw_features',
-                             torch.cat([item.x_text, item.x_image], dim=-1).detach().float(),
+                             torch.cat([item[feature_key(m)] for m in CONTENT_MODALITIES],
+                                       dim=-1).detach().float(),
                              persistent=False)
         self.user_embedding = torch.nn.Embedding(self.num_users, 2 * d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
@@ -101,7 +109,7 @@ class VBPR(RecModel):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """BPR + ``reg_weight * EmbLoss(u, p, n)`` (``batch_size`` is not used: ``EmbLoss``
         divides by the batch's rows, as MMRec's)."""
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
+        u, p, n = self.batch_rows(out, users, pos, neg)
         bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
         reg = self.config.reg_weight * self.reg(u, p, n)
         return bpr + reg, {'bpr': bpr.detach(), 'reg': reg.detach()}

@@ -50,6 +50,7 @@ from torch_geometric.utils.sparse import index2ptr
 
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.models.base import RecOutput
+from anchorrec_pyg.schema import USER_ITEM
 
 ScoreFn = Callable[[Tensor], Tensor]
 Scorer = Union[torch.nn.Module, RecOutput, ScoreFn]
@@ -65,8 +66,6 @@ METRICS = {
 
 #: Splits of Contract 1 and the edge attribute holding their interactions.
 SPLITS = {'valid': 'val_edge_index', 'test': 'test_edge_index'}
-
-EDGE_TYPE = ('user', 'interacts', 'item')
 
 
 def metric_keys(ks: Iterable[int]) -> List[str]:
@@ -135,7 +134,7 @@ class PopularityScorer:
         data (HeteroData): The dataset (Contract 1); only its training edges are read.
     """
     def __init__(self, data: HeteroData) -> None:
-        items = data[EDGE_TYPE].edge_index[1].detach().cpu()
+        items = data[USER_ITEM].edge_index[1].detach().cpu()
         num_items = int(data['item'].num_nodes)
         count = torch.bincount(items, minlength=num_items)
         order = torch.argsort(count, descending=True, stable=True)
@@ -174,7 +173,7 @@ class Evaluator:
         self.num_users = int(data['user'].num_nodes)
         self.num_items = int(data['item'].num_nodes)
 
-        store = data[EDGE_TYPE]
+        store = data[USER_ITEM]
         row, col = store.edge_index.detach().cpu()
         perm = row.argsort(stable=True)
         self.train_rowptr = index2ptr(row[perm], self.num_users)

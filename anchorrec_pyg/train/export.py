@@ -42,6 +42,7 @@ from torch import Tensor
 
 from anchorrec_pyg.errors import CheckpointError, ConfigError
 from anchorrec_pyg.io import atomic_write_text, make_staging_folder
+from anchorrec_pyg.schema import USER_ITEM
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Recommender:
         with torch.no_grad():
             out = model(data)
         num_users = int(data['user'].num_nodes)
-        indptr, items = _train_csr(data['user', 'interacts', 'item'].edge_index, num_users)
+        indptr, items = _train_csr(data[USER_ITEM].edge_index, num_users)
         user_ids, item_ids = _dataset_maps(config)
         return cls(out.user.detach().cpu(), out.item.detach().cpu(), torch.from_numpy(indptr),
                    torch.from_numpy(items), user_ids, item_ids)
@@ -291,7 +292,7 @@ def export_run(run: PathLike, out: PathLike, device: Optional[str] = None,
     user = result.user.detach().float().cpu().contiguous()
     item = result.item.detach().float().cpu().contiguous()
     num_users = int(data['user'].num_nodes)
-    indptr, items = _train_csr(data['user', 'interacts', 'item'].edge_index, num_users)
+    indptr, items = _train_csr(data[USER_ITEM].edge_index, num_users)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_folder(out.parent, f'.{out.name}.tmp-')

@@ -50,6 +50,8 @@ from torch_geometric.sampler import (
 )
 from torch_geometric.typing import EdgeType
 
+from anchorrec_pyg.schema import ITEM_USER, MODALITIES, USER_ITEM, feature_key, knn_edge_type
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -62,8 +64,6 @@ __all__ = [
     'RescaledWeights',
 ]
 
-USER_ITEM: EdgeType = ('user', 'interacts', 'item')
-ITEM_USER: EdgeType = ('item', 'rev_interacts', 'user')
 HOP_TYPES: Tuple[EdgeType, ...] = (USER_ITEM, ITEM_USER)
 
 
@@ -75,8 +75,8 @@ def pyg_sampling_available() -> bool:
 
 def knn_edge_types(data: HeteroData) -> List[EdgeType]:
     r"""The ``('item', 'similar_<m>', 'item')`` edge types of :obj:`data`, in its order."""
-    return [et for et in data.edge_types
-            if et[0] == 'item' and et[2] == 'item' and et[1].startswith('similar_')]
+    knn = {knn_edge_type(m) for m in MODALITIES}
+    return [et for et in data.edge_types if et in knn]
 
 
 def sampling_view(data: HeteroData) -> HeteroData:
@@ -84,14 +84,15 @@ def sampling_view(data: HeteroData) -> HeteroData:
     message-passing edges (user-item both ways, kNN graphs) with their ``edge_weight``; no
     validation or test edges. The tensors are shared, not copied."""
     view = HeteroData()
+    feature_keys = {feature_key(m) for m in MODALITIES}
     for node_type in ('user', 'item'):
         store = data[node_type]
         view[node_type].num_nodes = int(store.num_nodes)
         for key, value in store.items():
-            if key.startswith('x_') and isinstance(value, Tensor):
+            if key in feature_keys and isinstance(value, Tensor):
                 view[node_type][key] = value
     if USER_ITEM not in data.edge_types:
-        raise ValueError("the data has no ('user', 'interacts', 'item') edges")
+        raise ValueError(f'the data has no {USER_ITEM} edges')
     ui = data[USER_ITEM]
     view[USER_ITEM].edge_index = ui.edge_index
     view[USER_ITEM].edge_weight = ui.edge_weight

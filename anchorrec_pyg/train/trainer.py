@@ -42,6 +42,8 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import remove_file
+from anchorrec_pyg.models.base import RecModel
+from anchorrec_pyg.schema import USER_ITEM
 from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.checkpoint import (
     best_weights_path,
@@ -51,7 +53,7 @@ from anchorrec_pyg.train.checkpoint import (
     save_weights,
 )
 from anchorrec_pyg.train.distributed import DistContext, LossStep
-from anchorrec_pyg.train.evaluator import EDGE_TYPE, Evaluator
+from anchorrec_pyg.train.evaluator import Evaluator
 from anchorrec_pyg.train.sampler import TripletSampler
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ class Trainer:
     """
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: RecModel,
         data: HeteroData,
         train: TrainConfig,
         eval: EvalConfig,
@@ -176,11 +178,11 @@ class Trainer:
         self.model = model.to(self.device)
         shard = Shard(dist.rank, dist.world)
         self.sampler = TripletSampler(
-            data[EDGE_TYPE].edge_index, int(data['item'].num_nodes), train.batch_size,
-            with_negatives=getattr(model, 'needs_negatives', True))
+            data[USER_ITEM].edge_index, int(data['item'].num_nodes), train.batch_size,
+            with_negatives=model.needs_negatives)
         self.batches: Union[FullBatches, SampledBatches]
         if train.mode == 'sampled':
-            refusal = getattr(model, 'sampled_refusal', None)
+            refusal = model.sampled_refusal
             if refusal:
                 raise ConfigError(f'train.mode=sampled: {type(model).__name__} cannot train on '
                                   f'sampled subgraphs ({refusal}); use train.mode=full')
@@ -311,8 +313,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
         from tqdm.auto import tqdm
         model, data = self.model, self.data
-        if hasattr(model, 'on_epoch_start'):
-            model.on_epoch_start(data, epoch, self.generator)
+        model.on_epoch_start(data, epoch, self.generator)
         model.train()
         sums: Dict[str, torch.Tensor] = {}
         num_batches = len(self.batches)

@@ -1,0 +1,241 @@
+r"""The base of the graph recommenders: :class:`GraphRecModel` and :class:`GraphModelConfig`.
+
+Every model with a LightGCN collaborative view (SPEC §3.1, §7, §9, §10) shares the same start,
+owned here (the pattern of RecBole-GNN's ``GeneralGraphRecommender``):
+
+* the ID tables ``Eu`` (``U x d``) and ``Ei`` (``I x d``), Xavier-uniform
+  (``user_embedding``, ``item_embedding``; :meth:`GraphRecModel.reset_parameters`);
+* the sparse backend (``propagation``) and the operators of ``data`` built with it, once per
+  data object: the user-item graph (:meth:`GraphRecModel.user_item_graph`, SPEC §2) and the kNN
+  graph of a modality (:meth:`GraphRecModel.item_graph`);
+* the collaborative view
+
+  .. math::
+      \mathbf{C} = \frac{1}{L+1}\sum_{l=0}^{L}\hat{\mathbf{A}}^l[\mathbf{E}_u; \mathbf{E}_i]
+
+  of the (sub)graph's ID rows (:meth:`GraphRecModel.collaborative`, ``encoder``);
+* the start of a loss: the batch rows (:meth:`~anchorrec_pyg.models.base.RecModel.batch_rows`),
+  BPR (:meth:`GraphRecModel.bpr_loss`) and the embedding L2 term of SPEC §4
+  (:meth:`GraphRecModel.l2_loss`).
+
+A new graph model is then its ``Config`` (a :class:`GraphModelConfig`), ``__init__`` (the base's,
+its own modules, then ``self.reset_parameters()``), ``forward`` and ``loss``::
+
+    class MyModel(GraphRecModel):
+        description = 'MyModel: LightGCN plus ...'
+
+        @dataclass
+        class Config(GraphModelConfig):
+            n_ui_layers: int = 2
+            reg_weight: float = 1e-4
+
+        def __init__(self, data, config=None):
+            super().__init__(data, config)
+            self.reset_parameters()
+
+        def forward(self, data):
+            view = self.collaborative(data)
+            return RecOutput(user=view.c_user, item=view.c_item, views={'C': view.c})
+
+        def loss(self, data, out, users, pos, neg, batch_size=None):
+            u, p, n = self.batch_rows(out, users, pos, neg)
+            bpr = self.bpr_loss(u, p, n)
+            reg = self.config.reg_weight * self.l2_loss(u, p, n, batch_size)
+            return bpr + reg, {'bpr': bpr.detach(), 'reg': reg.detach()}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.losses import BPRLoss, EmbeddingL2Loss
+from anchorrec_pyg.models.base import ModelConfig, RecModel, node_rows
+from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
+from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, get_backend
+from anchorrec_pyg.schema import ITEM_USER, USER_ITEM, knn_edge_type
+
+__all__ = ['GraphModelConfig', 'GraphRecModel', 'UserItemGraph', 'CollaborativeView']
+
+
+@dataclass
+class GraphModelConfig(ModelConfig):
+    """Base of the graph models' ``Config`` dataclasses.
+
+    Attributes:
+        embedding_dim: d of the ID tables (published 64).
+        propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`):
+            ``'fast'`` (default, :class:`~anchorrec_pyg.nn.fast_csr.FastCSRBackend`), or
+            ``'pyg'`` (the MessagePassing reference) and ``'torch_csr'``: the same products to
+            float rounding, each reproducible bit for bit with one seed.
+
+    The subclass declares the field of ``L``, the LightGCN layers of the collaborative view,
+    with its published default: ``n_ui_layers`` (AnchorRec, AlignRec, FREEDOM), or the key named
+    by :attr:`ui_layers_key` (LightGCN and BM3 keep their published ``n_layers``), so that
+    published configs keep their keys. :attr:`ui_layers` reads it. ``embedding_dim``, ``L`` and
+    ``propagation`` are checked here, after the subclass's :meth:`validate`.
+    """
+
+    #: The name of the field holding ``L``.
+    ui_layers_key: ClassVar[str] = 'n_ui_layers'
+
+    embedding_dim: int = 64
+    propagation: str = 'fast'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
+        self.require(self.ui_layers >= 0, self.ui_layers_key, 'must be >= 0')
+        self.require(self.propagation in BACKENDS, 'propagation',
+                     f"must be one of {', '.join(sorted(BACKENDS))}")
+
+    @property
+    def ui_layers(self) -> int:
+        """``L``, the LightGCN layers of the collaborative view (the :attr:`ui_layers_key`
+        field)."""
+        return getattr(self, self.ui_layers_key)
+
+
+@dataclass(frozen=True)
+class UserItemGraph:
+    """The user-item graph operators of SPEC §2.
+
+    Attributes:
+        adj: the normalised ``(U+I) x (U+I)`` adjacency of LightGCN (users first).
+        user_item: ``R``, the ``U x I`` user-to-item block (``R @ item_features`` gives users).
+    """
+
+    adj: Adjacency
+    user_item: Adjacency
+
+
+@dataclass(frozen=True)
+class CollaborativeView:
+    """The start of a graph model's forward pass (:meth:`GraphRecModel.collaborative`).
+
+    Attributes:
+        user_emb: ``[U, d]`` the ID rows of the (sub)graph's users (``Eu[n_id]``).
+        item_emb: ``[I, d]`` the ID rows of its items.
+        c: ``[U+I, d]`` the collaborative view ``C`` (users first).
+        graph: the user-item operators of the data.
+    """
+
+    user_emb: Tensor
+    item_emb: Tensor
+    c: Tensor
+    graph: UserItemGraph
+
+    @property
+    def num_users(self) -> int:
+        return self.user_emb.size(0)
+
+    @property
+    def c_user(self) -> Tensor:
+        """``C``'s user rows."""
+        return self.c[:self.num_users]
+
+    @property
+    def c_item(self) -> Tensor:
+        """``C``'s item rows."""
+        return self.c[self.num_users:]
+
+
+class GraphRecModel(RecModel):
+    """Base class of the recommenders with ID tables and a LightGCN collaborative view (see
+    the module docstring).
+
+    Args:
+        data: the full ``HeteroData`` of Contract 1.
+        config: an instance of the model's ``Config`` (a :class:`GraphModelConfig`; ``None``:
+            its defaults).
+
+    Subclasses build their own modules after ``super().__init__`` and end their ``__init__``
+    with ``self.reset_parameters()``; a subclass's :meth:`reset_parameters` calls the base's
+    first.
+    """
+
+    Config: ClassVar[type[GraphModelConfig]]
+    config: GraphModelConfig
+
+    def __init__(self, data: HeteroData, config: GraphModelConfig | None = None) -> None:
+        super().__init__(data, config)
+        d = self.config.embedding_dim
+        self.propagation = get_backend(self.config.propagation)
+        self.user_embedding = torch.nn.Embedding(self.num_users, d)
+        self.item_embedding = torch.nn.Embedding(self.num_items, d)
+        self.encoder = LightGCNEncoder(self.config.ui_layers)
+        self.bpr = BPRLoss()
+        self.l2 = EmbeddingL2Loss()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform ``Eu`` and ``Ei``."""
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+
+    def collaborative(self, data: HeteroData, adj: Adjacency | None = None) -> CollaborativeView:
+        """The ID rows of ``data``'s users and items (``n_id`` on a subgraph) and their
+        collaborative view ``C`` on ``adj`` (default: the data's user-item graph, SPEC §2)."""
+        graph = self.user_item_graph(data)
+        user_emb = node_rows(self.user_embedding.weight, data, 'user')
+        item_emb = node_rows(self.item_embedding.weight, data, 'item')
+        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj if adj is None else adj)
+        return CollaborativeView(user_emb=user_emb, item_emb=item_emb, c=c, graph=graph)
+
+    def bpr_loss(self, u: Tensor, p: Tensor, n: Tensor) -> Tensor:
+        r"""BPR, :math:`-\mathrm{mean}\log\sigma(\langle u, p\rangle - \langle u, n\rangle)`."""
+        return self.bpr((u * p).sum(-1), (u * n).sum(-1))
+
+    def l2_loss(self, u: Tensor, p: Tensor, n: Tensor, batch_size: int | None) -> Tensor:
+        r"""The embedding L2 term of SPEC §4 without its weight,
+        :math:`\frac{1}{2B}(\|u\|^2 + \|p\|^2 + \|n\|^2)`, ``B`` the configured batch size
+        (``None``: the batch's rows)."""
+        return self.l2(u, p, n, batch_size=batch_size if batch_size is not None else u.size(0))
+
+    def user_item_graph(self, data: HeteroData) -> UserItemGraph:
+        """The SPEC §2 user-item operators of ``data``, built once and cached.
+
+        Reads :data:`~anchorrec_pyg.schema.USER_ITEM` and, when present,
+        :data:`~anchorrec_pyg.schema.ITEM_USER` (otherwise the flipped forward edges), with their
+        stored ``edge_weight``.
+        """
+        if USER_ITEM not in data.edge_types:
+            raise DataError(f'the dataset has no {USER_ITEM} edges')
+        ui = data[USER_ITEM]
+        if 'edge_weight' not in ui:
+            raise DataError(f'the {USER_ITEM} edges have no edge_weight')
+        rev = data[ITEM_USER] if ITEM_USER in data.edge_types else None
+        num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
+        backend = self.propagation
+
+        def build() -> UserItemGraph:
+            if rev is None:
+                iu_index, iu_weight = ui.edge_index.flip(0), ui.edge_weight
+            else:
+                iu_index, iu_weight = rev.edge_index, rev.edge_weight
+            adj = user_item_adjacency(backend, ui.edge_index, ui.edge_weight, iu_index,
+                                      iu_weight, num_users, num_items)
+            user_item = backend.adjacency(iu_index, iu_weight, (num_items, num_users))
+            return UserItemGraph(adj=adj, user_item=user_item)
+
+        key = (ui.edge_index, ui.edge_weight, None if rev is None else rev.edge_index,
+               None if rev is None else rev.edge_weight)
+        return self.graph_cache.get(f'user_item:{num_users}:{num_items}', key, build)
+
+    def item_graph(self, data: HeteroData, modality: str) -> Adjacency:
+        """The kNN operator ``A_m`` (``I x I``) of ``data[knn_edge_type(modality)]``, built once
+        and cached."""
+        edge_type = knn_edge_type(modality)
+        if edge_type not in data.edge_types:
+            raise DataError(f"the dataset has no {edge_type} kNN edges for modality '{modality}'")
+        store = data[edge_type]
+        if 'edge_weight' not in store:
+            raise DataError(f'the {edge_type} edges have no edge_weight')
+        num_items = data['item'].num_nodes
+        return self.graph_cache.get(
+            f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
+            lambda: self.propagation.adjacency(store.edge_index, store.edge_weight,
+                                               (num_items, num_items)))

@@ -1,0 +1,60 @@
+r"""The targets of the similarity-preservation terms (SPEC §4 AMP, §7 AlignRec's sim), for the
+models with a ``similarity_cache_mb`` budget (AnchorRec, AlignRec).
+
+A target :math:`\mathbf{S}` holds the cosine similarities of a modality's feature rows for a
+batch's distinct positive items; :class:`~anchorrec_pyg.losses.SimilarityPreservationLoss`
+takes it with the embedding rows of those items. It is either gathered from the ``I x I`` matrix
+computed once (:class:`~anchorrec_pyg.losses.PackedCosineSimilarity`, packed lower triangle) or
+carried as the batch's normalised rows; the loss is the same either way, the cache trades memory
+for recomputation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from anchorrec_pyg.losses import PackedCosineSimilarity, SimilarityTarget
+from anchorrec_pyg.nn.propagation import TensorCache
+from anchorrec_pyg.schema import feature_key
+
+__all__ = ['cached_similarities', 'similarity_target']
+
+
+def cached_similarities(data: HeteroData, modalities: tuple[str, ...],
+                        budget_mb: float) -> tuple[str, ...]:
+    """The modalities (of ``modalities``) whose ``I x I`` cosine-similarity matrix fits the
+    budget of ``budget_mb`` MiB (all modalities together), spent on the tables that are the most
+    expensive to recompute per batch: the widest feature table first. A sampled subgraph
+    (``n_id`` on the items) caches none: its table is new every batch."""
+    if 'n_id' in data['item']:
+        return ()
+    budget = budget_mb * 2**20
+    num_items = int(data['item'].num_nodes)
+    cached = []
+    for m in sorted(modalities, key=lambda m: -data['item'][feature_key(m)].size(1)):
+        size = PackedCosineSimilarity.nbytes(num_items,
+                                             data['item'][feature_key(m)].element_size())
+        if size <= budget:
+            cached.append(m)
+            budget -= size
+    return tuple(cached)
+
+
+def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Tensor,
+                      counts: Tensor, cached: bool,
+                      dtype: torch.dtype | None = None) -> SimilarityTarget:
+    """The target of the cosine similarities of ``table``'s rows ``distinct`` (a batch's sorted
+    distinct items, with multiplicities ``counts``: ``torch.unique(items, return_counts=True)``).
+
+    With ``cached`` the ``I x I`` matrix of ``table`` is computed once and kept in ``cache`` under
+    ``name`` (keyed by the table's identity and in-place version, so only a table that does not
+    change between steps should be cached), and the block of ``distinct`` gathered from it;
+    otherwise the target carries the distinct rows, normalised. ``table`` is read detached.
+    """
+    if cached:
+        packed = cache.get(name, (table, ), lambda: PackedCosineSimilarity(table.detach()))
+        block = packed.block(distinct)
+        return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
+    unit_rows = torch.nn.functional.normalize(table.detach().index_select(0, distinct), dim=-1)
+    return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit_rows.dtype))
