@@ -33,16 +33,16 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.data.denoised_graphs import co_interaction_graph, denoised_modality_graphs
 from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import SymmetricBernoulliKL, WeightedBPRLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows, rows
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
+from anchorrec_pyg.models.base import ModelConfig, RecOutput, rows
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
 from anchorrec_pyg.nn.neighbour_discrimination import NeighbourDiscriminationLoss
-from anchorrec_pyg.nn.propagation import Adjacency, get_backend, propagate_many
+from anchorrec_pyg.nn.propagation import Adjacency, propagate_many
+from anchorrec_pyg.schema import USER_ITEM, feature_key
 
 __all__ = ['DAMRS', 'confidence_weights']
 
 FEATURE_MODALITIES = ('text', 'image')
 VIEWS = ('h_text', 'h_image', 'h_behaviour')
-UI_EDGE = ('user', 'interacts', 'item')
 
 
 def confidence_weights(pos_prob: Tensor, neg_prob: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,7 +61,7 @@ def confidence_weights(pos_prob: Tensor, neg_prob: Tensor) -> tuple[Tensor, Tens
     return pos_weight, neg_weight
 
 
-class DAMRS(RecModel):
+class DAMRS(GraphRecModel):
     r"""DA-MRS on LightGCN (SPEC §10); see the module docstring. Views: ``'C'``, ``'h_text'``,
     ``'h_image'``, ``'h_behaviour'``; ``loss`` returns ``bpr``, ``nd`` and ``kl``."""
 
@@ -69,11 +69,11 @@ class DAMRS(RecModel):
                    'confidence-weighted BPR, neighbour discrimination, KL alignment')
 
     @dataclass
-    class Config(ModelConfig):
-        r"""DA-MRS hyper-parameters (MMRec's defaults).
+    class Config(GraphModelConfig):
+        r"""DA-MRS hyper-parameters (MMRec's defaults; ``embedding_dim``, published 64, and
+        ``propagation`` as :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d (published 64).
             n_ui_layers: LightGCN layers (published 2).
             n_mm_layers: propagation steps on each item graph (grid {1, 2}, published 1).
             knn_k: most neighbours per item in the image and text graphs (grid {3, 5, 10, 15,
@@ -87,10 +87,8 @@ class DAMRS(RecModel):
             nd_eps: :math:`\epsilon` inside its logs (published 1e-9).
             memory_mb: working memory of one block of the graph build and of one chunk of the
                 ``|I_b| x I`` neighbour-discrimination rows (speed/memory only).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 2
         n_mm_layers: int = 1
         knn_k: int = 10
@@ -102,14 +100,12 @@ class DAMRS(RecModel):
         nd_temperature: float = 0.2
         nd_eps: float = 1e-9
         memory_mb: int = 256
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            for key in ('embedding_dim', 'knn_k', 'behaviour_k', 'nd_neighbours', 'memory_mb'):
+            for key in ('knn_k', 'behaviour_k', 'nd_neighbours', 'memory_mb'):
                 self.require(getattr(self, key) > 0, key, 'must be > 0')
-            for key in ('n_ui_layers', 'n_mm_layers', 'behaviour_min_count', 'neighbor_weight',
-                        'kl_weight', 'nd_eps'):
-                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require_nonnegative('n_mm_layers', 'behaviour_min_count', 'neighbor_weight',
+                                     'kl_weight', 'nd_eps')
             self.require(self.nd_temperature > 0, 'nd_temperature', 'must be > 0')
 
     sampled_refusal = ('DA-MRS normalises its neighbour discrimination over every item (softmax '
@@ -120,33 +116,26 @@ class DAMRS(RecModel):
         return FEATURE_MODALITIES
 
     def __init__(self, data: HeteroData, config: DAMRS.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         cfg = self.config
         if self.num_items < cfg.nd_neighbours:
             raise DataError(f'DA-MRS needs at least model.nd_neighbours = {cfg.nd_neighbours} '
                             f'items, the dataset has {self.num_items}')
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, cfg.embedding_dim)
-        self.item_embedding = torch.nn.Embedding(self.num_items, cfg.embedding_dim)
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
-        self.bpr = WeightedBPRLoss()
+        self.weighted_bpr = WeightedBPRLoss()
         self.kl = SymmetricBernoulliKL()
         self.nd = NeighbourDiscriminationLoss(cfg.nd_neighbours, cfg.nd_temperature, cfg.nd_eps,
                                               cfg.memory_mb * 2**20)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-
     def item_graphs(self, data: HeteroData) -> list[Adjacency]:
         """``[G_t, G_v, G_s]`` of ``data`` as operators, built once per data object."""
         cfg, store = self.config, data['item']
         num_items = store.num_nodes
-        ui = data[UI_EDGE]
+        ui = data[USER_ITEM]
 
         def modality_graphs() -> dict[str, Adjacency]:
-            graphs = denoised_modality_graphs(store.x_image, store.x_text, cfg.knn_k,
+            graphs = denoised_modality_graphs(store[feature_key('image')],
+                                              store[feature_key('text')], cfg.knn_k,
                                               cfg.memory_mb * 2**20)
             return {m: self.propagation.adjacency(*graphs[m], (num_items, num_items))
                     for m in graphs}
@@ -157,24 +146,21 @@ class DAMRS(RecModel):
             return self.propagation.adjacency(*edges, (num_items, num_items))
 
         modal = self.graph_cache.get(f'damrs_modal:{cfg.knn_k}',
-                                     (store.x_image, store.x_text), modality_graphs)
+                                     (store[feature_key('image')], store[feature_key('text')]),
+                                     modality_graphs)
         behaviour = self.graph_cache.get(
             f'damrs_behaviour:{cfg.behaviour_min_count}:{cfg.behaviour_k}', (ui.edge_index, ),
             behaviour_graph)
         return [modal['text'], modal['image'], behaviour]
 
     def forward(self, data: HeteroData) -> RecOutput:
-        graph = self.user_item_graph(data, self.propagation)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
+        view = self.collaborative(data)
         adjs = self.item_graphs(data)
-        hs = [item_emb] * 3
+        hs = [view.item_emb] * 3
         for _ in range(self.config.n_mm_layers):
             hs = propagate_many(adjs, hs)
-        num_users = user_emb.size(0)
-        item = c[num_users:] + (hs[0] + hs[1] + hs[2]) / 3
-        return RecOutput(user=c[:num_users], item=item, views={'C': c, **dict(zip(VIEWS, hs))})
+        item = view.c_item + (hs[0] + hs[1] + hs[2]) / 3
+        return RecOutput(user=view.c_user, item=item, views={'C': view.c, **dict(zip(VIEWS, hs))})
 
     def alignment(self, out: RecOutput, views: list[Tensor], users: Tensor,
                   items: Tensor) -> Tensor:
@@ -204,7 +190,7 @@ class DAMRS(RecModel):
                                   for h in views]) for i in (pos, neg)]
             pos_weight, neg_weight = confidence_weights(*probs)
         p, n = rows(out.item, pos), rows(out.item, neg)
-        bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1), pos_weight, neg_weight)
+        bpr = self.weighted_bpr((u * p).sum(-1), (u * n).sum(-1), pos_weight, neg_weight)
         items = torch.unique(torch.cat([pos, neg]))
         zero = bpr.new_zeros(())
         nd = cfg.neighbor_weight * self.nd(views, items) if cfg.neighbor_weight > 0 else zero
