@@ -36,15 +36,16 @@ from anchorrec_pyg.models.base import (
     require_knn_graphs,
     rows,
 )
+from anchorrec_pyg.models.graph import GraphModelConfig
 from anchorrec_pyg.nn.latent_graph import LatentItemGraph, propagate_edges
 from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import Adjacency, get_backend
+from anchorrec_pyg.schema import USER_ITEM, knn_edge_type
 
 __all__ = ['LATTICE', 'lattice_user_item_edges']
 
 #: Modalities in the order of the published ``modal_weight`` (image first).
 FEATURE_MODALITIES = ('image', 'text')
-UI_EDGE = ('user', 'interacts', 'item')
 
 
 def lattice_user_item_edges(edge_index: Tensor, num_users: int,
@@ -76,11 +77,12 @@ class LATTICE(RecModel):
                        'feature tables, and P is normalised with full-graph degrees')
 
     @dataclass
-    class Config(ModelConfig):
-        r"""LATTICE hyper-parameters (MMRec's defaults).
+    class Config(GraphModelConfig):
+        r"""LATTICE hyper-parameters (MMRec's defaults; ``embedding_dim``, d of the ID tables,
+        published 64, and ``propagation``, the backend of :math:`\mathbf{P}` and of the detached
+        :math:`\mathbf{S}`, as :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d of the ID tables (published 64).
             feat_embed_dim: width of :math:`\mathrm{Lin}_m`'s output (published 64).
             n_ui_layers: layers of :math:`\mathbf{P}` (published 2, ``len(weight_size)``).
             n_mm_layers: steps on :math:`\mathbf{S}` (published 1, ``n_layers``).
@@ -89,24 +91,19 @@ class LATTICE(RecModel):
             lambda_coeff: :math:`\lambda`, weight of the static graph in :math:`\mathbf{S}`
                 (published 0.9).
             reg_weight: :math:`\lambda_{reg}` of the L2 term (grid {0, 1e-5, 1e-4, 1e-3}).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`) of
-                :math:`\mathbf{P}` and of the detached :math:`\mathbf{S}`.
         """
 
-        embedding_dim: int = 64
         feat_embed_dim: int = 64
         n_ui_layers: int = 2
         n_mm_layers: int = 1
         knn_k: int = 10
         lambda_coeff: float = 0.9
         reg_weight: float = 1e-4
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            for key in ('embedding_dim', 'feat_embed_dim', 'knn_k'):
+            for key in ('feat_embed_dim', 'knn_k'):
                 self.require(getattr(self, key) > 0, key, 'must be > 0')
-            for key in ('n_ui_layers', 'n_mm_layers'):
-                self.require(getattr(self, key) >= 0, key, 'must be >= 0')
+            self.require_nonnegative('n_mm_layers')
             self.require(0 <= self.lambda_coeff <= 1, 'lambda_coeff', 'must be in [0, 1]')
             self.require(self.reg_weight >= 0, 'reg_weight', 'must be >= 0')
 
@@ -145,7 +142,7 @@ class LATTICE(RecModel):
 
     def user_item_operator(self, data: HeteroData) -> Adjacency:
         """:math:`\\mathbf{P}` of :func:`lattice_user_item_edges`, built once per data object."""
-        edge_index = data[UI_EDGE].edge_index
+        edge_index = data[USER_ITEM].edge_index
         num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
 
         def build() -> Adjacency:
@@ -159,8 +156,7 @@ class LATTICE(RecModel):
     def item_item_graph(self, data: HeteroData) -> tuple[Tensor, Tensor]:
         """:math:`\\mathbf{S}` as ``(edge_index, edge_weight)``, differentiable in the graph
         learner and the feature copies."""
-        static = {m: (data['item', f'similar_{m}', 'item'].edge_index,
-                      data['item', f'similar_{m}', 'item'].edge_weight)
+        static = {m: (data[knn_edge_type(m)].edge_index, data[knn_edge_type(m)].edge_weight)
                   for m in FEATURE_MODALITIES}
         return self.item_graph_learner(dict(self.features), static)
 
