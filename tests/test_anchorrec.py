@@ -360,11 +360,11 @@ def test_graphs_and_normalised_features_are_built_once():
     # user-item graph, three kNN graphs, three similarity matrices (all fit the default budget,
     # so no normalised feature table is kept)
     assert entries == 1 + 3 + 3
-    adj = model.item_graph(data, 'mm')
+    adj = model.item_graph(data, 'mm', model.propagation)
     for _ in range(2):
         model.loss(data, model(data), *BATCH)
     assert len(model.graph_cache) == entries
-    assert model.item_graph(data, 'mm') is adj
+    assert model.item_graph(data, 'mm', model.propagation) is adj
 
 
 def test_similarity_cache_does_not_change_the_amp_term():

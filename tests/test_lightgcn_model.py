@@ -153,8 +153,8 @@ def test_graph_is_built_once_per_data_object():
     model(data)
     model(data)
     assert len(model.graph_cache) == entries
-    first = model.user_item_graph(data)
-    assert model.user_item_graph(data) is first
+    first = model.user_item_graph(data, model.propagation)
+    assert model.user_item_graph(data, model.propagation) is first
     assert dataclasses.is_dataclass(model.config)
 
 

@@ -125,7 +125,8 @@ class AlignRec(GraphRecModel):
         view = self.collaborative(data)
         h_items, h_users = self.modality_conv(view.item_emb,
                                               node_rows(self.features, data, 'item'),
-                                              self.item_graph(data, 'mm'), view.graph.user_item)
+                                              self.item_graph(data, 'mm', self.propagation),
+                                              view.graph.user_item)
         return RecOutput(user=view.c_user + h_users, item=view.c_item + h_items,
                          views={'C': view.c, 'H_mm': h_items, 'H_mm_user': h_users})
 

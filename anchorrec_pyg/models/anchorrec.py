@@ -187,7 +187,7 @@ class AnchorRec(GraphRecModel):
             self.modality_convs[m].gated(view.item_emb, node_rows(self.features[m], data, 'item'))
             for m in MODALITIES
         ]
-        item_adjs = [self.item_graph(data, m) for m in MODALITIES]
+        item_adjs = [self.item_graph(data, m, self.propagation) for m in MODALITIES]
         items, users = propagate_item_views(gated, item_adjs, view.graph.user_item, cfg.n_layers)
         h_items = dict(zip(MODALITIES, items))
         h_users = dict(zip(MODALITIES, users))
@@ -273,6 +273,7 @@ class AnchorRec(GraphRecModel):
         if cfg.smooth_weight > 0:
             knn = data[knn_edge_type('mm')]
             terms['smooth'] = cfg.smooth_weight * self.smoothness(
-                out.views['H_mm'], knn.edge_index, knn.edge_weight, self.item_graph(data, 'mm'))
+                out.views['H_mm'], knn.edge_index, knn.edge_weight,
+                self.item_graph(data, 'mm', self.propagation))
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

@@ -54,13 +54,22 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.nn.propagation import TensorCache
-from anchorrec_pyg.schema import MODALITIES, MODALITY_FILES, feature_key, knn_edge_type
+from anchorrec_pyg.nn.lightgcn import user_item_adjacency
+from anchorrec_pyg.nn.propagation import Adjacency, PropagationBackend, TensorCache
+from anchorrec_pyg.schema import (
+    ITEM_USER,
+    MODALITIES,
+    MODALITY_FILES,
+    USER_ITEM,
+    feature_key,
+    knn_edge_type,
+)
 
 __all__ = [
     'ModelConfig',
     'RecOutput',
     'RecModel',
+    'UserItemGraph',
     'node_ids',
     'node_rows',
     'rows',
@@ -127,6 +136,19 @@ class RecOutput:
     user: Tensor
     item: Tensor
     views: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UserItemGraph:
+    """The user-item graph operators of SPEC §2.
+
+    Attributes:
+        adj: the normalised ``(U+I) x (U+I)`` adjacency of LightGCN (users first).
+        user_item: ``R``, the ``U x I`` user-to-item block (``R @ item_features`` gives users).
+    """
+
+    adj: Adjacency
+    user_item: Adjacency
 
 
 def node_ids(data: HeteroData, node_type: str) -> Tensor:
@@ -272,6 +294,50 @@ class RecModel(torch.nn.Module, ABC):
         """Projection-domain views of ``items`` (all items when ``None``) by name, which the
         analyses compare beside ``out.views`` (SPEC §6). Default: none."""
         return {}
+
+    def user_item_graph(self, data: HeteroData, backend: PropagationBackend) -> UserItemGraph:
+        """The SPEC §2 user-item operators of ``data``, built once and cached.
+
+        Reads :data:`~anchorrec_pyg.schema.USER_ITEM` and, when present,
+        :data:`~anchorrec_pyg.schema.ITEM_USER` (otherwise the flipped forward edges), with their
+        stored ``edge_weight``.
+        """
+        if USER_ITEM not in data.edge_types:
+            raise DataError(f'the dataset has no {USER_ITEM} edges')
+        ui = data[USER_ITEM]
+        if 'edge_weight' not in ui:
+            raise DataError(f'the {USER_ITEM} edges have no edge_weight')
+        rev = data[ITEM_USER] if ITEM_USER in data.edge_types else None
+        num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
+
+        def build() -> UserItemGraph:
+            if rev is None:
+                iu_index, iu_weight = ui.edge_index.flip(0), ui.edge_weight
+            else:
+                iu_index, iu_weight = rev.edge_index, rev.edge_weight
+            adj = user_item_adjacency(backend, ui.edge_index, ui.edge_weight, iu_index,
+                                      iu_weight, num_users, num_items)
+            user_item = backend.adjacency(iu_index, iu_weight, (num_items, num_users))
+            return UserItemGraph(adj=adj, user_item=user_item)
+
+        key = (ui.edge_index, ui.edge_weight, None if rev is None else rev.edge_index,
+               None if rev is None else rev.edge_weight)
+        return self.graph_cache.get(f'user_item:{num_users}:{num_items}', key, build)
+
+    def item_graph(self, data: HeteroData, modality: str,
+                   backend: PropagationBackend) -> Adjacency:
+        """The kNN operator ``A_m`` (``I x I``) of ``data[knn_edge_type(modality)]``, built once
+        and cached."""
+        edge_type = knn_edge_type(modality)
+        if edge_type not in data.edge_types:
+            raise DataError(f"the dataset has no {edge_type} kNN edges for modality '{modality}'")
+        store = data[edge_type]
+        if 'edge_weight' not in store:
+            raise DataError(f'the {edge_type} edges have no edge_weight')
+        num_items = data['item'].num_nodes
+        return self.graph_cache.get(
+            f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
+            lambda: backend.adjacency(store.edge_index, store.edge_weight, (num_items, num_items)))
 
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'

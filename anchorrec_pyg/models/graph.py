@@ -52,12 +52,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.errors import DataError
 from anchorrec_pyg.losses import BPRLoss, EmbeddingL2Loss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, node_rows
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder, user_item_adjacency
+from anchorrec_pyg.models.base import ModelConfig, RecModel, UserItemGraph, node_rows
+from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
 from anchorrec_pyg.nn.propagation import BACKENDS, Adjacency, get_backend
-from anchorrec_pyg.schema import ITEM_USER, USER_ITEM, knn_edge_type
 
 __all__ = ['GraphModelConfig', 'GraphRecModel', 'UserItemGraph', 'CollaborativeView']
 
@@ -98,19 +96,6 @@ class GraphModelConfig(ModelConfig):
         """``L``, the LightGCN layers of the collaborative view (the :attr:`ui_layers_key`
         field)."""
         return getattr(self, self.ui_layers_key)
-
-
-@dataclass(frozen=True)
-class UserItemGraph:
-    """The user-item graph operators of SPEC §2.
-
-    Attributes:
-        adj: the normalised ``(U+I) x (U+I)`` adjacency of LightGCN (users first).
-        user_item: ``R``, the ``U x I`` user-to-item block (``R @ item_features`` gives users).
-    """
-
-    adj: Adjacency
-    user_item: Adjacency
 
 
 @dataclass(frozen=True)
@@ -179,7 +164,7 @@ class GraphRecModel(RecModel):
     def collaborative(self, data: HeteroData, adj: Adjacency | None = None) -> CollaborativeView:
         """The ID rows of ``data``'s users and items (``n_id`` on a subgraph) and their
         collaborative view ``C`` on ``adj`` (default: the data's user-item graph, SPEC §2)."""
-        graph = self.user_item_graph(data)
+        graph = self.user_item_graph(data, self.propagation)
         user_emb = node_rows(self.user_embedding.weight, data, 'user')
         item_emb = node_rows(self.item_embedding.weight, data, 'item')
         c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj if adj is None else adj)
@@ -194,48 +179,3 @@ class GraphRecModel(RecModel):
         :math:`\frac{1}{2B}(\|u\|^2 + \|p\|^2 + \|n\|^2)`, ``B`` the configured batch size
         (``None``: the batch's rows)."""
         return self.l2(u, p, n, batch_size=batch_size if batch_size is not None else u.size(0))
-
-    def user_item_graph(self, data: HeteroData) -> UserItemGraph:
-        """The SPEC §2 user-item operators of ``data``, built once and cached.
-
-        Reads :data:`~anchorrec_pyg.schema.USER_ITEM` and, when present,
-        :data:`~anchorrec_pyg.schema.ITEM_USER` (otherwise the flipped forward edges), with their
-        stored ``edge_weight``.
-        """
-        if USER_ITEM not in data.edge_types:
-            raise DataError(f'the dataset has no {USER_ITEM} edges')
-        ui = data[USER_ITEM]
-        if 'edge_weight' not in ui:
-            raise DataError(f'the {USER_ITEM} edges have no edge_weight')
-        rev = data[ITEM_USER] if ITEM_USER in data.edge_types else None
-        num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
-        backend = self.propagation
-
-        def build() -> UserItemGraph:
-            if rev is None:
-                iu_index, iu_weight = ui.edge_index.flip(0), ui.edge_weight
-            else:
-                iu_index, iu_weight = rev.edge_index, rev.edge_weight
-            adj = user_item_adjacency(backend, ui.edge_index, ui.edge_weight, iu_index,
-                                      iu_weight, num_users, num_items)
-            user_item = backend.adjacency(iu_index, iu_weight, (num_items, num_users))
-            return UserItemGraph(adj=adj, user_item=user_item)
-
-        key = (ui.edge_index, ui.edge_weight, None if rev is None else rev.edge_index,
-               None if rev is None else rev.edge_weight)
-        return self.graph_cache.get(f'user_item:{num_users}:{num_items}', key, build)
-
-    def item_graph(self, data: HeteroData, modality: str) -> Adjacency:
-        """The kNN operator ``A_m`` (``I x I``) of ``data[knn_edge_type(modality)]``, built once
-        and cached."""
-        edge_type = knn_edge_type(modality)
-        if edge_type not in data.edge_types:
-            raise DataError(f"the dataset has no {edge_type} kNN edges for modality '{modality}'")
-        store = data[edge_type]
-        if 'edge_weight' not in store:
-            raise DataError(f'the {edge_type} edges have no edge_weight')
-        num_items = data['item'].num_nodes
-        return self.graph_cache.get(
-            f'knn_{modality}:{num_items}', (store.edge_index, store.edge_weight),
-            lambda: self.propagation.adjacency(store.edge_index, store.edge_weight,
-                                               (num_items, num_items)))
