@@ -29,8 +29,8 @@ def test_office_text_only(office_root, anchorrec_home):
 
 
 @pytest.mark.parametrize('kwargs, missing', [
-    (dict(), ['image_feat.npy in ', 'amazon-office_beit3/', 'mm_source: concat',
-              "modalities=('text',)"]),
+    (dict(), ['image_feat.npy in ', 'amazon-office_beit3/', 'data.mm_source=concat',
+              'data.modalities=[text]']),
     (dict(modalities=('image', 'text')), ['image_feat.npy in ', 'amazon-office/']),
     (dict(modalities=('mm',), mm_source='concat'), ['image_feat.npy in ', 'amazon-office/']),
 ])
