@@ -153,3 +153,12 @@ def test_empty_config_says_it_uses_the_defaults(tmp_path, caplog, text):
         config = load_config(path)
     assert config == load_config(None)
     assert f'{path}: empty config: using the defaults' in caplog.text
+
+
+@pytest.mark.parametrize('name', ['freedom', 'vbpr', 'bm3', 'lightgcn'])
+def test_mmrec_baseline_configs_keep_mmrec_s_constant_learning_rate(name):
+    # MMRec's overall.yaml sets learning_rate_scheduler [1.0, 50] and these models' yamls do not
+    # override it: no decay (issue 16, checked side by side with the published MMRec code).
+    config = load_config(CONFIGS / 'baselines' / f'{name}.yaml')
+    assert config.model_name == name
+    assert config.train.lr_decay == 1.0
