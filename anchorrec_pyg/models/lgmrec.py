@@ -40,21 +40,21 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import degree
 
-from anchorrec_pyg.losses import BPRLoss, CandidateNCE, EmbLoss
-from anchorrec_pyg.models.base import ModelConfig, RecModel, RecOutput, node_rows, rows
+from anchorrec_pyg.losses import CandidateNCE, EmbLoss
+from anchorrec_pyg.models.base import ModelConfig, RecOutput, rows
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
 from anchorrec_pyg.nn.hypergraph import HypergraphPropagation, soft_membership
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
-from anchorrec_pyg.nn.propagation import Adjacency, get_backend
+from anchorrec_pyg.nn.propagation import Adjacency
+from anchorrec_pyg.schema import USER_ITEM, feature_key
 
 __all__ = ['LGMRec']
 
 FEATURE_MODALITIES = ('image', 'text')
-UI_EDGE = ('user', 'interacts', 'item')
 DEGREE_EPS = 1e-7
 r"""Added to the user degrees of :math:`\bar{\mathbf{R}}` (MMRec's guard against zero degrees)."""
 
 
-class LGMRec(RecModel):
+class LGMRec(GraphRecModel):
     r"""LGMRec (SPEC §10) on the image and text tables of Contract 1 (module docstring).
 
     Views: ``'C'``, ``'Y_image'``, ``'Y_text'``, ``'G'`` (``[U+I, d]``) and the hypergraph
@@ -68,11 +68,12 @@ class LGMRec(RecModel):
                        'which a sampled subgraph does not hold')
 
     @dataclass
-    class Config(ModelConfig):
-        r"""LGMRec hyper-parameters (MMRec's Baby values; Sports: keep_rate 0.4, alpha 0.6).
+    class Config(GraphModelConfig):
+        r"""LGMRec hyper-parameters (MMRec's Baby values; Sports: keep_rate 0.4, alpha 0.6;
+        ``embedding_dim``, 64, is also the width of :math:`\mathbf{W}_m`'s outputs;
+        ``propagation`` as :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d of the ID tables and of :math:`\mathbf{W}_m`'s outputs (64).
             n_ui_layers: LightGCN layers of :math:`\mathbf{C}` (2).
             n_mm_layers: propagation steps of the local views (2).
             n_hyper_layers: hypergraph rounds (1).
@@ -85,10 +86,8 @@ class LGMRec(RecModel):
             cl_tau: temperature of the NCE (0.2).
             gumbel_noise_at_eval: draw the Gumbel noise at evaluation too, as the published
                 code does (random test scores); off: noise-free memberships at evaluation.
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 2
         n_mm_layers: int = 2
         n_hyper_layers: int = 1
@@ -100,11 +99,8 @@ class LGMRec(RecModel):
         gumbel_tau: float = 0.2
         cl_tau: float = 0.2
         gumbel_noise_at_eval: bool = False
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
             self.require(self.n_mm_layers >= 0, 'n_mm_layers', 'must be >= 0')
             self.require(self.n_hyper_layers >= 1, 'n_hyper_layers', 'must be >= 1')
             self.require(self.hyper_num >= 1, 'hyper_num', 'must be >= 1')
@@ -119,12 +115,9 @@ class LGMRec(RecModel):
         return FEATURE_MODALITIES
 
     def __init__(self, data: HeteroData, config: LGMRec.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         cfg = self.config
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, cfg.embedding_dim)
-        self.item_embedding = torch.nn.Embedding(self.num_items, cfg.embedding_dim)
-        dims = {m: data['item'][f'x_{m}'].size(1) for m in FEATURE_MODALITIES}
+        dims = {m: data['item'][feature_key(m)].size(1) for m in FEATURE_MODALITIES}
         self.feature_maps = torch.nn.ParameterDict({
             m: torch.nn.Parameter(torch.empty(dims[m], cfg.embedding_dim))
             for m in FEATURE_MODALITIES
@@ -133,24 +126,22 @@ class LGMRec(RecModel):
             m: torch.nn.Parameter(torch.empty(dims[m], cfg.hyper_num))
             for m in FEATURE_MODALITIES
         })
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
         self.hypergraph = HypergraphPropagation(cfg.n_hyper_layers)
         self.dropout = torch.nn.Dropout(1.0 - cfg.keep_rate)
-        self.bpr = BPRLoss()
         self.nce = CandidateNCE(cfg.cl_tau)
         self.reg = EmbLoss()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform ID tables, :math:`\\mathbf{W}_m` and :math:`\\mathbf{W}^{hyp}_m`."""
-        for weight in (self.user_embedding.weight, self.item_embedding.weight,
-                       *self.feature_maps.values(), *self.hyper_maps.values()):
+        r"""Xavier-uniform ID tables, :math:`\mathbf{W}_m` and :math:`\mathbf{W}^{hyp}_m`."""
+        super().reset_parameters()
+        for weight in (*self.feature_maps.values(), *self.hyper_maps.values()):
             torch.nn.init.xavier_uniform_(weight)
 
     def interaction_operators(self, data: HeteroData) -> tuple[Adjacency, Adjacency]:
         r"""``(R01, Rmean)``: the 0/1 training matrix and its rows divided by
         :math:`\deg_u + 10^{-7}` (``U x I`` sparse operators, built once per data object)."""
-        edge_index = data[UI_EDGE].edge_index
+        edge_index = data[USER_ITEM].edge_index
         num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
 
         def build() -> tuple[Adjacency, Adjacency]:
@@ -166,19 +157,16 @@ class LGMRec(RecModel):
 
     def forward(self, data: HeteroData) -> RecOutput:
         cfg = self.config
-        adj = self.user_item_graph(data, self.propagation).adj
+        view = self.collaborative(data)
+        c, adj = view.c, view.graph.adj
         r01, rmean = self.interaction_operators(data)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
         noise = self.training or cfg.gumbel_noise_at_eval
         feats, memberships = {}, {}
         for m in FEATURE_MODALITIES:
-            feats[m] = data['item'][f'x_{m}'].to(item_emb.dtype)
+            feats[m] = data['item'][feature_key(m)].to(c.dtype)
             item_logits = feats[m] @ self.hyper_maps[m]
             memberships[m] = (soft_membership(item_logits, cfg.gumbel_tau, noise),
                               soft_membership(r01 @ item_logits, cfg.gumbel_tau, noise))
-        c = self.encoder(torch.cat([user_emb, item_emb]), adj)
         views = {'C': c}
         for m in FEATURE_MODALITIES:
             x = feats[m] @ self.feature_maps[m]
@@ -189,13 +177,13 @@ class LGMRec(RecModel):
         for m in FEATURE_MODALITIES:
             item_member, user_member = memberships[m]
             views[f'hyper_user_{m}'], views[f'hyper_item_{m}'] = self.hypergraph(
-                self.dropout(item_member), self.dropout(user_member), c[num_users:])
+                self.dropout(item_member), self.dropout(user_member), view.c_item)
         g = sum(torch.cat([views[f'hyper_user_{m}'], views[f'hyper_item_{m}']])
                 for m in FEATURE_MODALITIES)
         views['G'] = g
         z = (c + F.normalize(views['Y_image']) + F.normalize(views['Y_text'])
              + cfg.alpha * F.normalize(g))
-        return RecOutput(user=z[:num_users], item=z[num_users:], views=views)
+        return RecOutput(user=z[:view.num_users], item=z[view.num_users:], views=views)
 
     def loss(
         self,
@@ -208,8 +196,8 @@ class LGMRec(RecModel):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """BPR + ``cl_weight`` times the two summed NCE terms + ``reg_weight * EmbLoss(u, p, n)``
         (``batch_size`` is not used: ``EmbLoss`` divides by the batch's rows, as MMRec's)."""
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
-        bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
+        u, p, n = self.batch_rows(out, users, pos, neg)
+        bpr = self.bpr_loss(u, p, n)
         v = out.views
         cl = self.config.cl_weight * (
             self.nce(rows(v['hyper_user_image'], users), v['hyper_user_text'], users)

@@ -35,18 +35,12 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data.knn import knn_graph_normalized, max_union_graph
 from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.losses import BPRLoss, EmbeddingL2Loss, InfoNCE
-from anchorrec_pyg.models.base import (
-    ModelConfig,
-    RecModel,
-    RecOutput,
-    feature_copies,
-    node_rows,
-    rows,
-)
-from anchorrec_pyg.nn.lightgcn import LightGCNEncoder
-from anchorrec_pyg.nn.propagation import Adjacency, get_backend, propagate_many
+from anchorrec_pyg.losses import InfoNCE
+from anchorrec_pyg.models.base import ModelConfig, RecOutput, feature_copies, node_rows, rows
+from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
+from anchorrec_pyg.nn.propagation import Adjacency, propagate_many
 from anchorrec_pyg.nn.spectral import SpectralFusion
+from anchorrec_pyg.schema import feature_key
 
 __all__ = ['SMORE']
 
@@ -59,7 +53,7 @@ def _query(dim: int) -> torch.nn.Sequential:
                                torch.nn.Linear(dim, dim, bias=False))
 
 
-class SMORE(RecModel):
+class SMORE(GraphRecModel):
     r"""SMORE (SPEC §10) on the image and text tables of Contract 1 (module docstring).
 
     Views: ``'C'``, ``'side'`` and ``'V_<m>'`` for ``m`` in image, text, fusion (``[U+I, d]``).
@@ -72,11 +66,12 @@ class SMORE(RecModel):
                        'item feature tables, which a sampled subgraph does not hold')
 
     @dataclass
-    class Config(ModelConfig):
-        r"""SMORE hyper-parameters (defaults: the authors' best on Baby).
+    class Config(GraphModelConfig):
+        r"""SMORE hyper-parameters (defaults: the authors' best on Baby; ``embedding_dim``,
+        64, is also the width of the feature maps and the spectral filters; ``propagation`` as
+        :class:`~anchorrec_pyg.models.graph.GraphModelConfig`).
 
         Attributes:
-            embedding_dim: d of the ID tables, the feature maps and the spectral filters (64).
             n_ui_layers: LightGCN layers of :math:`\mathbf{C}` (grid {3, 4}; Baby 4).
             n_layers: propagation steps on the item graphs (1).
             image_knn_k: neighbours of :math:`\mathbf{S}_v` (grid {10, 15, 20, 40}; Baby 40).
@@ -85,10 +80,8 @@ class SMORE(RecModel):
             dropout: dropout of the preference gates (grid {0, 0.1}; Baby 0.1).
             cl_weight: weight of the InfoNCE terms (MMRec's ``cl_loss``, 0.01).
             cl_tau: InfoNCE temperature (0.2).
-            propagation: sparse backend (:data:`anchorrec_pyg.nn.propagation.BACKENDS`).
         """
 
-        embedding_dim: int = 64
         n_ui_layers: int = 4
         n_layers: int = 1
         image_knn_k: int = 40
@@ -97,11 +90,8 @@ class SMORE(RecModel):
         dropout: float = 0.1
         cl_weight: float = 0.01
         cl_tau: float = 0.2
-        propagation: str = 'fast'
 
         def validate(self) -> None:
-            self.require(self.embedding_dim > 0, 'embedding_dim', 'must be > 0')
-            self.require(self.n_ui_layers >= 0, 'n_ui_layers', 'must be >= 0')
             self.require(self.n_layers >= 0, 'n_layers', 'must be >= 0')
             self.require(self.image_knn_k >= 1, 'image_knn_k', 'must be >= 1')
             self.require(self.text_knn_k >= 1, 'text_knn_k', 'must be >= 1')
@@ -115,16 +105,13 @@ class SMORE(RecModel):
         return FEATURE_MODALITIES
 
     def __init__(self, data: HeteroData, config: SMORE.Config | None = None) -> None:
-        super().__init__(data, config if config is not None else self.Config())
+        super().__init__(data, config)
         cfg = self.config
         for m in FEATURE_MODALITIES:
             k = getattr(cfg, f'{m}_knn_k')
             if k > self.num_items:
                 raise DataError(f'model.{m}_knn_k = {k} exceeds the {self.num_items} items')
         d = cfg.embedding_dim
-        self.propagation = get_backend(cfg.propagation)
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
         self.features = feature_copies(data, FEATURE_MODALITIES)
         self.feature_maps = torch.nn.ModuleDict({
             m: torch.nn.Linear(self.features[m].size(1), d)
@@ -135,16 +122,12 @@ class SMORE(RecModel):
         self.queries = torch.nn.ModuleDict({m: _query(d) for m in FEATURE_MODALITIES})
         self.preferences = torch.nn.ModuleDict({m: torch.nn.Linear(d, d) for m in VIEWS})
         self.dropout = torch.nn.Dropout(cfg.dropout)
-        self.encoder = LightGCNEncoder(cfg.n_ui_layers)
-        self.bpr = BPRLoss()
-        self.l2 = EmbeddingL2Loss()
         self.info_nce = InfoNCE(cfg.cl_tau)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform ID tables; PyTorch's defaults elsewhere, N(0, 1) spectral filters."""
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        super().reset_parameters()
         for module in (*self.feature_maps.values(), *self.gates.values(),
                        *self.preferences.values(), self.spectral):
             module.reset_parameters()
@@ -156,7 +139,7 @@ class SMORE(RecModel):
         r"""The operators :math:`\mathbf{S}_v, \mathbf{S}_t, \mathbf{S}_f` of ``data``'s raw
         image and text rows (exact chunked cosine kNN, SPEC §2 weights), built once per data
         object."""
-        tables = tuple(data['item'][f'x_{m}'] for m in FEATURE_MODALITIES)
+        tables = tuple(data['item'][feature_key(m)] for m in FEATURE_MODALITIES)
         ks = tuple(getattr(self.config, f'{m}_knn_k') for m in FEATURE_MODALITIES)
         num_items = data['item'].num_nodes
 
@@ -170,20 +153,17 @@ class SMORE(RecModel):
         return self.graph_cache.get(f'smore_items:{num_items}:{ks}', tables, build)
 
     def forward(self, data: HeteroData) -> RecOutput:
-        graph = self.user_item_graph(data, self.propagation)
+        view = self.collaborative(data)
         item_graphs = self.item_graphs(data)
-        user_emb = node_rows(self.user_embedding.weight, data, 'user')
-        item_emb = node_rows(self.item_embedding.weight, data, 'item')
-        num_users = user_emb.size(0)
         projected = [self.feature_maps[m](node_rows(self.features[m], data, 'item'))
                      for m in FEATURE_MODALITIES]
         filtered = self.spectral(*projected)
-        h = [item_emb * torch.sigmoid(self.gates[m](c)) for m, c in zip(VIEWS, filtered)]
+        h = [view.item_emb * torch.sigmoid(self.gates[m](c)) for m, c in zip(VIEWS, filtered)]
         adjs = [item_graphs[m] for m in VIEWS]
         for _ in range(self.config.n_layers):
             h = propagate_many(adjs, h)
-        views = {f'V_{m}': torch.cat([graph.user_item @ hm, hm]) for m, hm in zip(VIEWS, h)}
-        c = self.encoder(torch.cat([user_emb, item_emb]), graph.adj)
+        views = {f'V_{m}': torch.cat([view.graph.user_item @ hm, hm]) for m, hm in zip(VIEWS, h)}
+        c = view.c
         fused = views['V_fusion']
         preference = {m: self.dropout(torch.sigmoid(self.preferences[m](c))) for m in VIEWS}
         side = (preference['image'] * torch.softmax(self.queries['image'](fused), -1)
@@ -193,7 +173,7 @@ class SMORE(RecModel):
                 + preference['fusion'] * fused) / 3
         z = c + side
         views.update(C=c, side=side)
-        return RecOutput(user=z[:num_users], item=z[num_users:], views=views)
+        return RecOutput(user=z[:view.num_users], item=z[view.num_users:], views=views)
 
     def loss(
         self,
@@ -206,10 +186,9 @@ class SMORE(RecModel):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """BPR + ``reg_weight`` times the L2 term (divided by the configured ``batch_size``) +
         ``cl_weight`` times the item and user InfoNCE between ``Side`` and ``C``."""
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
-        bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.config.reg_weight * self.l2(
-            u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
+        u, p, n = self.batch_rows(out, users, pos, neg)
+        bpr = self.bpr_loss(u, p, n)
+        reg = self.config.reg_weight * self.l2_loss(u, p, n, batch_size)
         num_users = out.user.size(0)
         side, c = out.views['side'], out.views['C']
         cl = self.config.cl_weight * (
