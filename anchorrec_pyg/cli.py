@@ -217,6 +217,13 @@ def _launch_workers(args: argparse.Namespace, path, overrides: List[str], config
     if not args.resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f'output folder {out} is not empty; pass --resume to continue the '
                           f'run in it or choose another --out')
+    import torch
+    train, grid = config.train, config.grid
+    cuda = train.device.startswith('cuda') or (train.device == 'auto' and
+                                               torch.cuda.is_available())
+    sampled_cell = train.sparse_updates is not False and 'sampled' in grid.get('train.mode', [])
+    if cuda and (train.row_sparse or sampled_cell or True in grid.get('train.sparse_updates', [])):
+        raise ConfigError(distributed.sparse_nccl_refusal(train.nproc))
     distributed.free_port(args.master_port)
     # build the processed dataset once, before the processes read it
     load_data(config.data, required_modalities(config), log=not args.quiet)

@@ -174,6 +174,13 @@ class TrainConfig:
             positives and negatives (:mod:`anchorrec_pyg.train.subgraph`).
         fanout: ``'sampled'`` only: the neighbours drawn per node at each user-item hop (one
             entry per hop, ``-1`` = all neighbours).
+        sparse_updates: Row-sparse updates of the model's node tables (ID tables, trainable
+            feature copies): their gradient holds the subgraph's rows only and
+            ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
+            (:mod:`anchorrec_pyg.train.optim`). This is *lazy* Adam: the moments of rows not in
+            a step's subgraph are not decayed at that step. ``None`` (default): on in
+            ``'sampled'`` mode, off in ``'full'`` mode (dense Adam, the published optimiser);
+            ``true`` needs ``'sampled'`` (a full-graph step touches every row).
         nproc: Data-parallel processes (``anchorrec-pyg train --nproc N``): each draws
             ``batch_size / nproc`` rows of every global batch of ``batch_size`` rows, so the
             learning rate is the one-process rate (no scaling rule: the global batch is
@@ -193,8 +200,14 @@ class TrainConfig:
     checkpoint_every: int = 1
     mode: str = 'full'
     fanout: List[int] = field(default_factory=lambda: [20, 10])
+    sparse_updates: Optional[bool] = None
     nproc: int = 1
     dist_timeout_s: float = 1800.0
+
+    @property
+    def row_sparse(self) -> bool:
+        r"""Whether the node tables are updated row-sparse (``sparse_updates`` resolved)."""
+        return self.mode == 'sampled' if self.sparse_updates is None else self.sparse_updates
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, 'train.epochs', f'must be >= 1 (got {self.epochs})')
@@ -218,6 +231,9 @@ class TrainConfig:
         _require(len(self.fanout) > 0 and all(f >= 1 or f == -1 for f in self.fanout),
                  'train.fanout', 'must list one fan-out per hop, each a positive int or -1 '
                  f'(all neighbours) (got {self.fanout})')
+        _require(not (self.sparse_updates and self.mode == 'full'), 'train.sparse_updates',
+                 "needs train.mode=sampled (a full-graph step gives every row a gradient: "
+                 "dense Adam)")
         _require(self.nproc >= 1, 'train.nproc', f'must be >= 1 (got {self.nproc})')
         _require(self.batch_size % self.nproc == 0, 'train.batch_size',
                  f'({self.batch_size}) must be divisible by train.nproc ({self.nproc}): every '

@@ -64,6 +64,23 @@ def test_two_processes_match_one_process(even_root, tmp_path):
         'c000-s999', 'c001-s999']
 
 
+def test_two_processes_match_one_process_with_row_sparse_and_dense_updates(even_root, tmp_path):
+    """VBPR in sampled mode: its ID tables take SparseAdam's row-sparse updates (their sparse
+    gradients all-reduced outside DDP), its projection Adam's (through DDP). Its L2 term is
+    switched off: MMRec's EmbLoss is a norm of the batch's whole matrix, not a sum over rows,
+    so the processes' shares do not add up to it."""
+    args = _args(even_root, 'train.epochs=2', 'train.mode=sampled', 'train.fanout=[-1,-1]',
+                 'model.name=vbpr', 'model.reg_weight=0')
+    assert main(['train', *args, '--out', str(tmp_path / 'one')]) == 0
+    proc = _cli('train', '--nproc', '2', *args, '--out', str(tmp_path / 'two'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _rows(tmp_path / 'one' / 'history.csv'), _rows(tmp_path / 'two' / 'history.csv')
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        for key in ('loss', 'bpr', 'valid_recall@20', 'valid_ndcg@20'):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), key
+
+
 def test_nproc_zero_is_one_line(capsys):
     assert main(['train', '--nproc', '0']) == 2
     err = capsys.readouterr().err.strip().splitlines()

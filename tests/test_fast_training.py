@@ -46,7 +46,7 @@ def test_trainer_uses_fused_adam_on_cpu(tiny_data):
     model = AnchorRec(tiny_data, AnchorRec.Config(embedding_dim=8))
     trainer = Trainer(model, tiny_data, TrainConfig(epochs=1, device='cpu'), EvalConfig(),
                       seed=0)
-    assert trainer.optimizer.defaults['fused'] is True
+    assert trainer.optimizer.dense.defaults['fused'] is True
 
 
 def test_amp_term_equals_the_batch_order_formula(tiny_data):

@@ -8,6 +8,7 @@ from anchorrec_pyg.models.base import (
     node_ids,
     node_rows,
     require_item_features,
+    row_sparse_gradients,
 )
 from anchorrec_pyg.models.bm3 import BM3
 from anchorrec_pyg.models.damrs import DAMRS
@@ -36,6 +37,7 @@ __all__ = [
     'node_ids',
     'node_rows',
     'require_item_features',
+    'row_sparse_gradients',
     'AnchorRec',
     'LightGCN',
     'AlignRec',

@@ -32,7 +32,10 @@ default, which a model overrides where it differs:
 
 Subgraphs: a model reads node ids from ``data[node_type].n_id`` when present (else
 ``arange(num_nodes)``) to index its embedding tables, so a sampled subgraph gets the rows of its
-own nodes; everything else (features, edges) is read from the data object it is given.
+own nodes; everything else (features, edges) is read from the data object it is given. The
+tables it gathers that way (:func:`node_rows`) are its *node tables*
+(:meth:`RecModel.node_tables`); inside :func:`row_sparse_gradients` their gradient on a
+subgraph is row-sparse, for ``torch.optim.SparseAdam``.
 
 Data-derived objects (adjacency operators, normalised feature tables) are built once per data
 object and kept in ``self.graph_cache`` (:class:`~anchorrec_pyg.nn.propagation.TensorCache`),
@@ -43,9 +46,12 @@ The models with a LightGCN collaborative view share
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -72,6 +78,7 @@ __all__ = [
     'UserItemGraph',
     'node_ids',
     'node_rows',
+    'row_sparse_gradients',
     'rows',
     'require_item_features',
     'require_knn_graphs',
@@ -172,11 +179,34 @@ def rows(table: Tensor, index: Tensor) -> Tensor:
     return table.index_select(0, index)
 
 
+#: The ids of the tables whose subgraph rows :func:`node_rows` gathers with a sparse gradient.
+_ROW_SPARSE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    'row_sparse_tables', default=frozenset())
+
+
+@contextlib.contextmanager
+def row_sparse_gradients(tables: Iterable[Tensor]) -> Iterator[None]:
+    """Within the block, :func:`node_rows` gathers a subgraph's rows of ``tables`` with
+    ``torch.nn.functional.embedding(n_id, table, sparse=True)``: the same values, and a backward
+    pass that gives each table a sparse COO gradient holding only the subgraph's rows (what
+    ``torch.optim.SparseAdam`` updates) instead of a dense table of zeros around them. Whole
+    tables (no ``n_id``: the full graph) keep their dense gradient."""
+    token = _ROW_SPARSE.set(frozenset(id(t) for t in tables))
+    try:
+        yield
+    finally:
+        _ROW_SPARSE.reset(token)
+
+
 def node_rows(table: Tensor, data: HeteroData, node_type: str) -> Tensor:
     """The rows of a per-node table (``[num_nodes_total, ...]``) for ``data[node_type]``'s nodes:
-    ``table[n_id]`` on a subgraph, the table itself (no copy) otherwise."""
+    ``table[n_id]`` on a subgraph (with a row-sparse gradient inside
+    :func:`row_sparse_gradients`), the table itself (no copy) otherwise."""
     store = data[node_type]
     if 'n_id' in store:
+        if id(table) in _ROW_SPARSE.get():
+            # n_id holds distinct nodes: the sparse gradient has no duplicate rows to sum
+            return torch.nn.functional.embedding(store.n_id, table, sparse=True)
         return rows(table, store.n_id)
     if table.size(0) != store.num_nodes:
         raise DataError(f"the data has {store.num_nodes} '{node_type}' nodes but the model was "
@@ -283,6 +313,25 @@ class RecModel(torch.nn.Module, ABC):
     #: ids in ``data[node_type].n_id``); otherwise a one-line reason why it cannot, which the
     #: trainer reports when sampled training is asked for.
     sampled_refusal: ClassVar[str | None] = None
+
+    def node_tables(self) -> dict[str, torch.nn.Parameter]:
+        """The trainable tables with one row per user or per item that the model gathers by
+        node id (:func:`node_rows`), by parameter name: the 2-D parameters of ``num_users`` or
+        ``num_items`` rows held by a :class:`torch.nn.Embedding`, by the model itself or by a
+        :class:`torch.nn.ParameterDict` (not the weights of layers such as
+        :class:`torch.nn.Linear`, whatever their shape). On a
+        sampled subgraph only their subgraph rows get gradient, which the trainer's row-sparse
+        updates (``train.sparse_updates``) rely on. A model that reads such a table otherwise
+        overrides this."""
+        sizes = (self.num_users, self.num_items)
+        tables = {}
+        for prefix, module in self.named_modules():
+            if not isinstance(module, (RecModel, torch.nn.ParameterDict, torch.nn.Embedding)):
+                continue
+            for name, param in module.named_parameters(recurse=False):
+                if param.requires_grad and param.dim() == 2 and param.size(0) in sizes:
+                    tables[f'{prefix}.{name}' if prefix else name] = param
+        return tables
 
     def on_epoch_start(self, data: HeteroData, epoch: int, generator: torch.Generator) -> None:
         """Called by the trainer before each training epoch (``epoch`` counts from 1) with the

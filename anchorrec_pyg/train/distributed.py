@@ -20,7 +20,11 @@ joins the process group (gloo on CPU, NCCL on CUDA, one GPU per local rank) and 
   configuration uses do not change between steps; a term switched off leaves its parameters
   without gradient). AnchorRec's feature tables take their gradient through a custom
   autograd function writing into a kept buffer (:mod:`anchorrec_pyg.nn.feature_grad`): DDP
-  reduces it like any gradient. When the last batch of an epoch does not split evenly, the
+  reduces it like any gradient. With row-sparse updates (``train.sparse_updates``) the node
+  tables' sparse gradients are left out of DDP (which expects sparse gradients only from
+  ``nn.Embedding(sparse=True)`` modules) and averaged by a sparse all-reduce of their own
+  (:meth:`DistContext.average_sparse_gradients`; gloo has one, NCCL does not, so that
+  combination is refused). When the last batch of an epoch does not split evenly, the
   average of the processes' means weights its rows slightly unequally (the one difference
   from one process on the same global batches);
 * process 0 alone evaluates (full graph), keeps the best weights, writes checkpoints and the
@@ -43,7 +47,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -52,7 +56,7 @@ from torch import Tensor
 from anchorrec_pyg.errors import AnchorRecError, ConfigError
 
 __all__ = ['DistContext', 'LossStep', 'in_worker', 'worker_context', 'launch', 'free_port',
-           'DistributedError']
+           'DistributedError', 'sparse_nccl_refusal']
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,45 @@ class DistContext:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values / self.world
+
+    def data_parallel(self, module: torch.nn.Module, device: torch.device,
+                      ignore: Sequence[str] = ()) -> torch.nn.Module:
+        r""":obj:`module` in :class:`~torch.nn.parallel.DistributedDataParallel` (static graph),
+        its parameters named in :obj:`ignore` left out (sent from process 0 here instead, and
+        averaged by :meth:`average_sparse_gradients`); :obj:`module` itself when no other
+        parameter needs gradient."""
+        from torch.nn.parallel import DistributedDataParallel
+        params = dict(module.named_parameters())
+        for name in ignore:
+            dist.broadcast(params[name].data, src=0)
+        if not any(p.requires_grad for n, p in params.items() if n not in ignore):
+            return module
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
+        return DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == 'cuda' else None,
+            static_graph=True)
+
+    def average_sparse_gradients(self, tables: Iterable[Tensor]) -> None:
+        r"""Replaces each table's sparse gradient by its mean over the processes (a sparse
+        all-reduce: the union of the processes' rows); nothing with one process."""
+        if not self.active:
+            return
+        for table in tables:
+            grad = table.grad
+            if grad is None:  # all-reduced all the same, so that the processes stay in step
+                grad = torch.sparse_coo_tensor(
+                    torch.empty(1, 0, dtype=torch.long, device=table.device),
+                    table.new_empty((0, ) + table.shape[1:]), table.shape)
+            grad = grad.coalesce()
+            dist.all_reduce(grad)
+            table.grad = grad / self.world
+
+
+def sparse_nccl_refusal(nproc: int) -> str:
+    r"""The one-line refusal of row-sparse updates with several CUDA processes."""
+    return (f'train.sparse_updates: row-sparse updates with --nproc {nproc} on CUDA need a sparse '
+            'all-reduce, which NCCL does not provide; set train.sparse_updates=false or train '
+            'on CPU (gloo)')
 
 
 class LossStep(torch.nn.Module):

@@ -9,8 +9,10 @@ permutation of the training interactions and fresh negatives
 (:class:`~anchorrec_pyg.train.sampler.TripletSampler`), then for every batch runs the forward
 pass on the graph its batch source gives (``train.mode``: the full graph, or a sampled subgraph
 around the batch, :mod:`anchorrec_pyg.train.batches`), the model's loss (with the configured
-:math:`B`, SPEC §4) and one Adam step (PyTorch's fused Adam on CPU and CUDA). Evaluation always
-runs the full-graph forward.
+:math:`B`, SPEC §4) and one optimiser step (:mod:`anchorrec_pyg.train.optim`: PyTorch's fused
+Adam over every parameter, or, with ``train.sparse_updates`` in sampled mode, SparseAdam over the
+subgraph's rows of the node tables and Adam over the rest). Evaluation always runs the
+full-graph forward.
 
 The trainer is model-agnostic: it needs only the :class:`~anchorrec_pyg.models.base.RecModel`
 contract, plus two optional hooks a model may define:
@@ -42,7 +44,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import remove_file
-from anchorrec_pyg.models.base import RecModel
+from anchorrec_pyg.models.base import RecModel, row_sparse_gradients
 from anchorrec_pyg.schema import USER_ITEM
 from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.checkpoint import (
@@ -52,15 +54,12 @@ from anchorrec_pyg.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from anchorrec_pyg.train.distributed import DistContext, LossStep
+from anchorrec_pyg.train.distributed import DistContext, LossStep, sparse_nccl_refusal
 from anchorrec_pyg.train.evaluator import Evaluator
+from anchorrec_pyg.train.optim import RunOptimizer
 from anchorrec_pyg.train.sampler import TripletSampler
 
 logger = logging.getLogger(__name__)
-
-#: Devices on which Adam runs as one fused kernel over all parameters (the same update as the
-#: per-tensor loop, in one pass over the parameters instead of about ten).
-FUSED_ADAM_DEVICES = ('cpu', 'cuda')
 
 
 class NonFiniteLossError(AnchorRecError, FloatingPointError):
@@ -194,22 +193,24 @@ class Trainer:
         logger.info('%sbatches: %s', self.log_prefix, self.batches.description)
         # every process's loss divides its L2 term by its share of B (see train.distributed)
         self.loss_batch_size = train.batch_size // dist.world
+        self.sparse_tables = self.model.node_tables() if train.row_sparse else {}
+        if self.sparse_tables and dist.active and self.device.type == 'cuda':
+            raise ConfigError(sparse_nccl_refusal(dist.world))
         self.step: torch.nn.Module = LossStep(self.model)
         if dist.active:
-            from torch.nn.parallel import DistributedDataParallel
             logger.info('%sdata-parallel: %d processes, global batch %d (%d per process), '
                         'lr %g as for one process', self.log_prefix, dist.world,
                         train.batch_size, self.loss_batch_size, train.lr)
-            self.step = DistributedDataParallel(
-                self.step, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                static_graph=True)
+            self.step = dist.data_parallel(self.step, self.device,
+                                           [f'model.{name}' for name in self.sparse_tables])
         self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr,
-                                          fused=self.device.type in FUSED_ADAM_DEVICES)
-        decay, every = train.lr_decay, train.lr_decay_every
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda epoch: decay**(epoch / every))
+        self.optimizer = RunOptimizer(self.model, train.lr, train.lr_decay,
+                                      train.lr_decay_every, self.device, self.sparse_tables)
+        if self.sparse_tables:
+            logger.info('%soptimizer: SparseAdam (lazy Adam) over the subgraph rows of %s, '
+                        'Adam over the other parameters', self.log_prefix,
+                        ', '.join(self.sparse_tables))
 
         self.epoch = 0
         self.best_score = -math.inf
@@ -259,8 +260,7 @@ class Trainer:
             state['result'] = {k: v for k, v in asdict(result).items() if k != 'history'}
         else:
             state['best_model'] = self.best_weights
-            state['optimizer'] = self.optimizer.state_dict()
-            state['scheduler'] = self.scheduler.state_dict()
+            state.update(self.optimizer.state_dict())
             state['rng'] = self._rng_state()
         save_checkpoint(self.checkpoint_path, state)
 
@@ -280,8 +280,7 @@ class Trainer:
         if state['finished']:
             return TrainResult(history=self.history, **state['result'])
         self.best_weights = state['best_model']
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scheduler.load_state_dict(state['scheduler'])
+        self.optimizer.load_state_dict(state)
         self._set_rng_state(state['rng'])
         return None
 
@@ -323,8 +322,9 @@ class Trainer:
         for batch, (graph, users, pos, neg) in enumerate(batches, start=1):
             users, pos = users.to(self.device), pos.to(self.device)
             neg = None if neg is None else neg.to(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            total, terms = self.step(graph, users, pos, neg, self.loss_batch_size)
+            self.optimizer.zero_grad()
+            with row_sparse_gradients(self.sparse_tables.values()):
+                total, terms = self.step(graph, users, pos, neg, self.loss_batch_size)
             if not bool(torch.isfinite(total)):
                 value = float(total.detach())
                 bad = [f'{k}={float(v)}' for k, v in terms.items()
@@ -334,6 +334,7 @@ class Trainer:
                     f'non-finite loss at epoch {epoch}, batch {batch}/{num_batches}: {culprit} '
                     f'(total={value}); lower train.lr or check the input features')
             total.backward()
+            self.dist.average_sparse_gradients(self.sparse_tables.values())
             self.optimizer.step()
             for key, value in {'loss': total.detach(), **terms}.items():
                 sums[key] = sums.get(key, 0.0) + value.detach()
@@ -385,10 +386,10 @@ class Trainer:
         cfg = self.train_cfg
         while self.epoch < cfg.epochs and not self.stopped_early:
             epoch = self.epoch + 1
-            lr = self.optimizer.param_groups[0]['lr']
+            lr = self.optimizer.lr
             start = time.perf_counter()
             record: Dict[str, float] = {'epoch': epoch, 'lr': lr, **self._train_epoch(epoch)}
-            self.scheduler.step()
+            self.optimizer.end_epoch()
             record['train_time_s'] = time.perf_counter() - start
 
             improved = False
@@ -425,7 +426,7 @@ class Trainer:
                         self.bad_evals)
         # the finished run needs no optimizer state: free Adam's moments (two copies of the
         # parameters) before the best weights are read back
-        self.optimizer.state.clear()
+        self.optimizer.clear()
         test = None
         if self.dist.is_main:
             self.model.load_state_dict(self._best_weights())
