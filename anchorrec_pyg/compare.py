@@ -52,8 +52,10 @@ from anchorrec_pyg.config import (
     DEFAULT_MODEL,
     ExperimentConfig,
     config_to_dict,
+    first_difference,
     load_config,
     parse_override,
+    resolved_identity,
     run_identity,
 )
 from anchorrec_pyg.errors import ConfigError, DataError
@@ -236,7 +238,6 @@ def _identity(base: ExperimentConfig, configs: dict[str, ExperimentConfig]) -> d
 def _check_folder(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     r"""Refuses a folder created for another dataset, evaluation or model configuration;
     returns the identity to store (the stored models plus the new ones)."""
-    from anchorrec_pyg.train.trainer import _first_difference
     path = out / IDENTITY_FILE
     if not path.is_file():
         if out.exists() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
@@ -245,22 +246,27 @@ def _check_folder(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
         return identity
     try:
         stored = json.loads(path.read_text())['identity']
-    except (ValueError, KeyError, TypeError):
+        shared = resolved_identity({'data': stored['data'], 'eval': stored['eval']})
+        models = {m: resolved_identity(c) for m, c in stored.get('models', {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f'{path}: malformed ({IDENTITY_FILE} of a compare folder expected)') \
             from None
+    except ConfigError as e:
+        raise ConfigError(f'{path}: a configuration it holds is not valid in this version ({e}); '
+                          f'choose another --out') from None
     for section in ('data', 'eval'):
-        diff = _first_difference(stored.get(section), identity[section], f'{section}.')
+        diff = first_difference(shared[section], identity[section], f'{section}.')
         if diff is not None:
             raise ConfigError(f'{out} holds a comparison on other {section} settings ({diff}); '
                               f'results cannot be mixed: choose another --out')
     for model, config in identity['models'].items():
-        if model in stored.get('models', {}):
-            diff = _first_difference(stored['models'][model], config)
+        if model in models:
+            diff = first_difference(models[model], config)
             if diff is not None:
                 raise ConfigError(f'{out} holds {model} trained with another configuration '
                                   f'({diff}); results cannot be mixed: pass the same options '
                                   f'or choose another --out')
-    return {**identity, 'models': {**stored.get('models', {}), **identity['models']}}
+    return {**identity, 'models': {**models, **identity['models']}}
 
 
 def _check_modalities(model: str, config: ExperimentConfig) -> None:

@@ -514,6 +514,29 @@ def run_identity(raw: Dict[str, Any]) -> Dict[str, Any]:
     return raw
 
 
+def resolved_identity(raw: Dict[str, Any]) -> Dict[str, Any]:
+    r"""The :func:`run_identity` of a stored configuration after validation: a key it does not
+    hold counts as its default, so a run folder written before a key existed resumes as the
+    same run.
+
+    Raises:
+        ConfigError: If :obj:`raw` is not a valid configuration (naming the key).
+    """
+    return run_identity(config_to_dict(config_from_dict(raw)))
+
+
+def first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
+    r"""``'key.path: a != b'`` for the first differing value of two nested mappings (the keys
+    of :obj:`a` first), or :obj:`None` if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            diff = first_difference(a.get(key), b.get(key), f'{prefix}{key}.')
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else f'{prefix[:-1]}: {a!r} != {b!r}'
+
+
 def dump_config(config: ExperimentConfig) -> str:
     r"""The resolved configuration as YAML text (what ``config.yaml`` of a run folder holds)."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)

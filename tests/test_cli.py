@@ -9,9 +9,12 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 
 from anchorrec_pyg.cli import format_metrics, main
 from anchorrec_pyg.data import MMRecDataset
+from anchorrec_pyg.train.checkpoint import load_checkpoint, save_checkpoint
+from anchorrec_pyg.train.trainer import Trainer
 
 TINY = ['--set', 'data.name=tiny', '--set', 'train.epochs=3', '--set', 'train.batch_size=128',
         '--set', 'eval.ks=[5,10,20]', '--device', 'cpu']
@@ -131,6 +134,56 @@ def test_resume_of_a_finished_run(trained):
     assert code == 0
     assert table_value(again, 'test', 'Recall', '@20') == table_value(stdout, 'test', 'Recall',
                                                                       '@20')
+
+
+def _rewrite_checkpoint(path, edit):
+    r"""Applies :obj:`edit` to the configuration stored in the checkpoint :obj:`path` and
+    writes it back (with its SHA-256)."""
+    state = {k: v for k, v in load_checkpoint(path).items() if k not in ('format', 'version')}
+    edit(state['config'])
+    save_checkpoint(path, state)
+
+
+def test_resume_of_a_folder_written_before_a_key_existed(trained, tmp_path, monkeypatch):
+    """A run folder whose config.yaml and checkpoint lack a key added later (train.mode, at its
+    default) resumes and continues to the uninterrupted run's metrics; a genuinely different
+    value is refused in one line naming the key, in the folder's config or its checkpoint."""
+    out = tmp_path / 'run'
+    train_epoch = Trainer._train_epoch
+
+    def killed_at_epoch_2(self, epoch):
+        if epoch == 2:
+            raise RuntimeError('killed')
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, '_train_epoch', killed_at_epoch_2)
+    with pytest.raises(RuntimeError, match='killed'):
+        run(['train', *TINY, '--out', str(out)])
+    monkeypatch.setattr(Trainer, '_train_epoch', train_epoch)
+    (checkpoint, ) = out.glob('runs/*/checkpoint.pt')
+    assert load_checkpoint(checkpoint)['epoch'] == 1
+    for path in out.rglob('config.yaml'):
+        raw = yaml.safe_load(path.read_text())
+        assert raw['train'].pop('mode') == 'full'
+        path.write_text(yaml.safe_dump(raw))
+    _rewrite_checkpoint(checkpoint, lambda config: config['train'].pop('mode'))
+
+    code, _, stderr = run(['train', '--out', str(out), '--resume', '--set', 'model.tau=0.5'])
+    assert code == 2 and stderr == (
+        f'anchorrec-pyg: error: {out / "config.yaml"}: the run being resumed has another '
+        'configuration (model.tau: 0.25 != 0.5); resume without --config/--set or pass the '
+        'same ones\n')
+    _rewrite_checkpoint(checkpoint, lambda config: config['model'].update(tau=0.5))
+    code, _, stderr = run(['train', '--out', str(out), '--resume', '--quiet'])
+    assert code == 2 and stderr.count('\n') == 1
+    assert 'written for another configuration (model.tau: 0.5 != 0.25)' in stderr
+    _rewrite_checkpoint(checkpoint, lambda config: config['model'].update(tau=0.25))
+
+    code, stdout, stderr = run(['train', '--out', str(out), '--resume'])
+    assert code == 0, stderr
+    assert 'resuming after epoch 1' in stderr and 'epoch 3/3 | loss' in stderr
+    assert table_value(stdout, 'test', 'Recall', '@20') == table_value(trained[1], 'test',
+                                                                       'Recall', '@20')
 
 
 @pytest.mark.parametrize('args, message', [

@@ -10,6 +10,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+import yaml
 
 from anchorrec_pyg import compare
 from anchorrec_pyg.cli import main
@@ -17,6 +18,7 @@ from anchorrec_pyg.config import load_config
 from anchorrec_pyg.data import MMRecDataset, popularity_recall
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.models import MODELS, get_model_class
+from anchorrec_pyg.train.checkpoint import load_checkpoint, save_checkpoint
 from anchorrec_pyg.train.trainer import Trainer
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -291,6 +293,40 @@ def test_rerun_resumes_without_training(finished, tiny_mmrec_root, monkeypatch, 
     assert main(args) == 0
     assert len(calls) == 2 * 2 * 2  # (one new combination x 2 seeds x 2 epochs) per model
     assert '| 3/12 x 2 |' in capsys.readouterr().out
+
+
+def test_a_folder_written_before_a_key_existed_resumes(finished, tiny_mmrec_root, tmp_path,
+                                                         monkeypatch, capsys):
+    """compare.json, config.yaml and checkpoints without train.mode (a key added later, at its
+    default) are the same runs: nothing is trained again; a changed value is still refused."""
+    out = tmp_path / 'cmp'
+    shutil.copytree(finished[0], out)
+
+    def no_training(self, epoch):
+        raise AssertionError('a finished run was trained again')
+
+    monkeypatch.setattr(Trainer, '_train_epoch', no_training)
+    assert main(compare_args(*tiny_mmrec_root, out)) == 0
+    before = _rows(out / 'comparison.csv')
+    identity = json.loads((out / compare.IDENTITY_FILE).read_text())
+    for config in identity['identity']['models'].values():
+        assert config['train'].pop('mode') == 'full'
+    (out / compare.IDENTITY_FILE).write_text(json.dumps(identity))
+    for path in out.rglob('config.yaml'):
+        raw = yaml.safe_load(path.read_text())
+        raw['train'].pop('mode')
+        path.write_text(yaml.safe_dump(raw))
+    for path in out.rglob('checkpoint.pt'):
+        state = {k: v for k, v in load_checkpoint(path).items() if k not in ('format', 'version')}
+        state['config']['train'].pop('mode')
+        save_checkpoint(path, state)
+    assert main(compare_args(*tiny_mmrec_root, out)) == 0
+    assert [(r['model'], r['test_recall@20']) for r in _rows(out / 'comparison.csv')] == [
+        (r['model'], r['test_recall@20']) for r in before]
+    capsys.readouterr()
+    assert main(compare_args(*tiny_mmrec_root, out, '--set', 'train.mode=sampled')) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "(train.mode: 'full' != 'sampled')" in err, err
 
 
 def _rows_text(text):

@@ -43,6 +43,7 @@ from anchorrec_pyg.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    first_difference,
     load_config,
     run_identity,
 )
@@ -175,11 +176,12 @@ class ExperimentRunner:
         if self.resume:
             if not config_path.is_file():
                 raise CheckpointError(f'{self.out}: nothing to resume (no {CONFIG_FILE})')
-            stored = run_identity(config_to_dict(load_config(config_path)))
-            if stored != run_identity(config_to_dict(self.config)):
+            diff = first_difference(run_identity(config_to_dict(load_config(config_path))),
+                                    run_identity(config_to_dict(self.config)))
+            if diff is not None:
                 raise ConfigError(f'{config_path}: the run being resumed has another '
-                                  f'configuration; resume without --config/--set or pass the '
-                                  f'same ones')
+                                  f'configuration ({diff}); resume without --config/--set or '
+                                  f'pass the same ones')
         elif any(entry.name != LOCK_FILE and not is_temporary(entry)
                  for entry in self.out.iterdir()):
             raise ConfigError(f'output folder {self.out} is not empty; pass --resume to '

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.config import EvalConfig, TrainConfig, run_identity
+from anchorrec_pyg.config import EvalConfig, TrainConfig, first_difference, resolved_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import remove_file
 from anchorrec_pyg.models.base import RecModel, row_sparse_gradients
@@ -117,16 +117,6 @@ def checkpoint_weights(state: Dict[str, Any],
         raise CheckpointError('this partial run keeps its best weights beside its checkpoint: '
                               'pass the checkpoint path')
     return load_weights(best_weights_path(path), best_epoch)
-
-
-def _first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            diff = _first_difference(a.get(key), b.get(key), f'{prefix}{key}.')
-            if diff is not None:
-                return diff
-        return None
-    return None if a == b else f'{prefix[:-1]}: {a!r} != {b!r}'
 
 
 class Trainer:
@@ -266,7 +256,12 @@ class Trainer:
 
     def _restore(self, state: Dict[str, Any]) -> Optional[TrainResult]:
         r"""Restores a checkpoint; returns the result if the run had already finished."""
-        diff = _first_difference(run_identity(state['config']), run_identity(self.run_config))
+        try:
+            stored = resolved_identity(state['config'])
+        except ConfigError as e:
+            raise CheckpointError(f'{self.checkpoint_path}: its configuration is not valid in '
+                                  f'this version ({e}); use another --out') from None
+        diff = first_difference(stored, resolved_identity(self.run_config))
         if diff is not None:
             raise CheckpointError(f'{self.checkpoint_path}: written for another configuration '
                                   f'({diff}); resume with the same config or use another --out')
