@@ -4,21 +4,26 @@ floor of one epoch on this machine.
     python benchmarks/train_epoch.py                         # Baby-shaped data, 2 threads
     python benchmarks/train_epoch.py --max-batches 8 --variants reference,fast
     python benchmarks/train_epoch.py --dataset default --threads 1
+    python benchmarks/train_epoch.py --variants '' --pair fast+files,fast --interleave 8
 
 Variants (each in its own process, so that peak RSS is its own): ``reference`` is the PyG
 message-passing backend with PyTorch's per-tensor Adam loop and no feature-gradient buffer (the
 switchable speed-ups off; the loss-side ones, see ``docs/speed.md``, are always on); every
 registered backend name (``pyg``, ``torch_csr``, ``fast``) runs with the trainer's fused Adam
 and the model's defaults; ``name:MB`` sets ``model.similarity_cache_mb`` (the memory budget of
-the cached raw similarity matrices, default 256: the image table's only), e.g. ``fast:0``.
+the cached raw similarity matrices, default 128: the image table's only), e.g. ``fast:0``;
+a ``+files`` suffix sets ``model.raw_from_files`` (AAL's mixture and AMP's targets read the
+files' rows, which can be cached; the default reads the trained copies, recomputed per batch).
 A step is exactly the trainer's (zero_grad, forward, SPEC §4 loss with the configured
-B, backward, Adam). Because the machine's load changes between processes, ``reference`` and
-``fast`` are also trained side by side in one process, alternating every step
-(``--interleave``). With ``--max-batches N`` only N batches are timed and the epoch time is the
-first step plus the median step times the remaining batches (the first step, which builds the
-cached similarity matrices, is reported apart). Setup = loading the processed dataset (cache
-hit) + building the model; ``process`` = processing the MMRec files from scratch (3 kNN graphs)
-+ building the model. The validation pass uses the trainer's evaluator (1024 users per batch).
+B, backward, Adam). Because the machine's load changes between processes, two variants
+(``--pair``, default ``reference`` and ``fast``) are also trained side by side in one process,
+alternating every step (``--interleave``); ``--variants ''`` runs only that.
+With ``--max-batches N`` only N batches are timed and the epoch time is the first step plus
+the median step times the remaining batches (the first step, which builds the cached
+similarity matrices of fixed rows, is reported apart). Setup = loading the processed dataset
+(cache hit) + building the model; ``process`` = processing the MMRec files from scratch (3 kNN
+graphs) + building the model. The validation pass uses the trainer's evaluator (1024 users per
+batch).
 
 The floor: GEMM GFLOP/s and copy GB/s are measured here; one step's FLOPs and bytes are counted
 from the data's shapes and the batch's distinct positives (the arithmetic is printed).
@@ -52,7 +57,9 @@ BATCH = 2048
 
 
 def build(data, variant: str) -> tuple[AnchorRec, torch.optim.Optimizer]:
-    """The model and optimizer of ``variant`` (``reference``, a backend name, ``name:MB``)."""
+    """The model and optimizer of ``variant`` (``reference``, a backend name, ``name:MB``, any
+    of them with ``+files``)."""
+    variant, files, _ = variant.partition('+files')
     name, _, budget = variant.partition(':')
     reference = name == 'reference'
     options = {'propagation': 'pyg' if reference else name}
@@ -60,6 +67,8 @@ def build(data, variant: str) -> tuple[AnchorRec, torch.optim.Optimizer]:
         options['similarity_cache_mb'] = float(budget)
     if reference:
         options['feature_grad_buffer'] = False
+    if files:
+        options['raw_from_files'] = True
     torch.manual_seed(0)
     model = AnchorRec(data, AnchorRec.Config(**options))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3,
@@ -122,7 +131,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         evaluator.evaluate(model, data, 'valid')
         evals.append(time.perf_counter() - start)
-    cached = cached_similarities(data, MODALITIES, model.config.similarity_cache_mb)
+    cached = cached_similarities(
+        data, MODALITIES, model.config.similarity_cache_mb,
+        fixed_rows=model.config.raw_from_files or model.config.freeze_features)
     return {
         'variant': args.child, 'cached': ','.join(cached) or '-',
         'setup_s': setup_s, 'epoch_s': epoch_s, 'first_step_s': steps[0],
@@ -198,12 +209,25 @@ def main() -> None:
     parser.add_argument('--max-batches', type=int, default=0,
                         help='time only this many batches and extrapolate (0: a whole epoch)')
     parser.add_argument('--interleave', type=int, default=6,
-                        help='steps of reference and fast trained side by side in one process '
+                        help='steps of the --pair trained side by side in one process '
                         '(alternating) for the step-time ratio; 0: skip')
+    parser.add_argument('--pair', default='reference,fast',
+                        help='the two variants of --interleave, the baseline first')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_variant(args)))
+        return
+
+    if args.interleave:
+        pair = args.pair.split(',')
+        steps = interleaved(args, pair)
+        print(f'Side by side in one process ({args.interleave} alternating steps each, '
+              f'load average {os.getloadavg()[0]:.1f}): ' + ', '.join(
+                  f'{v} {steps[v] * 1e3:.0f} ms/step' for v in pair) +
+              f' -> {pair[1]} takes {steps[pair[1]] / steps[pair[0]]:.2f}x the time of '
+              f'{pair[0]}\n')
+    if not args.variants:
         return
 
     load_avg = os.getloadavg()[0]
@@ -223,7 +247,7 @@ def main() -> None:
         process_s = time.perf_counter() - start
 
     print(f'# AnchorRec training on {args.dataset}: U={data["user"].num_nodes} '
-          f'I={data["item"].num_nodes} E_train={data["user", "interacts", "item"].num_edges}, '
+          f'I={data["item"].num_nodes} E_train={data[USER_ITEM].num_edges}, '
           f'B={BATCH}, {args.threads} threads, load average {load_avg:.1f} -> '
           f'{os.getloadavg()[0]:.1f}')
     timed = ('whole epoch' if not args.max_batches else
@@ -243,15 +267,6 @@ def main() -> None:
         print('\nCUDA: run with train.device cuda (not part of this table).')
     else:
         print('\nCUDA: not measured (no GPU on this machine).')
-
-    if args.interleave:
-        pair = ['reference', 'fast']
-        steps = interleaved(args, pair)
-        print(f'\nSide by side in one process ({args.interleave} alternating steps each, '
-              f'load average {os.getloadavg()[0]:.1f}): ' + ', '.join(
-                  f'{v} {steps[v] * 1e3:.0f} ms/step' for v in pair) +
-              f' -> fast is {steps["reference"] / steps["fast"]:.1f}x faster; epoch at that '
-              f'rate: {steps["fast"] * results[-1]["batches"]:.1f} s')
 
     gflops, gbps = measure_machine(args.threads)
     print('\n## Floor\n')

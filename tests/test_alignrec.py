@@ -13,6 +13,7 @@ from test_anchorrec import (
 )
 
 from anchorrec_pyg.errors import ConfigError, DataError
+from anchorrec_pyg.losses import PackedCosineSimilarity
 from anchorrec_pyg.models import AlignRec, RecOutput, get_model_class
 from anchorrec_pyg.nn import LightGCNEncoder, ModalityConv
 
@@ -104,23 +105,82 @@ def test_loss_matches_hand_computation_term_by_term_and_gradients():
         torch.testing.assert_close(g, rg)
 
 
-def test_similarity_target_reads_the_file_rows_not_the_trainable_copy():
-    model, data = make_model(cl_weight=0.0, uia_weight=0.0, reg_weight=0.0)
-    out = model(data)
-    _, before = model.loss(data, out, *BATCH)
+@pytest.mark.parametrize('raw_from_files', [False, True])
+def test_similarity_target_reads_the_trained_copy_or_with_the_switch_the_file_rows(
+        raw_from_files, monkeypatch):
+    """SPEC §7 (as §4): published, the sim target reads the trainable copy's current values
+    (shared storage); ``raw_from_files`` reads the file's rows. Only file rows are cached."""
+    import anchorrec_pyg.models.similarity as similarity
+    built = []
+
+    class Counted(PackedCosineSimilarity):
+        def __init__(self, table):
+            built.append(table)
+            super().__init__(table)
+
+    monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
+    model, data = make_model(cl_weight=0.0, uia_weight=0.0, reg_weight=0.0,
+                             raw_from_files=raw_from_files)
     with torch.no_grad():
-        model.features.mul_(-3.0).add_(1.0)  # the copy drifts; S must not
-    out2 = model(data)
-    hp = out2.views['H_mm'][BATCH[1]]
-    raw = torch.nn.functional.normalize(data['item'].x_mm.double()[BATCH[1]], dim=1)
+        model.features.mul_(-3.0).add_(1.0)  # the copy drifts, as training moves it
+    out = model(data)
+    hp = out.views['H_mm'][BATCH[1]]
+    source = data['item'].x_mm.double() if raw_from_files else model.features
+    raw = torch.nn.functional.normalize(source.detach()[BATCH[1]], dim=1)
     expected = model.config.sim_weight * torch.linalg.matrix_norm(
         hp @ hp.t() - raw @ raw.t()) / len(BATCH[1])
-    torch.testing.assert_close(model.loss(data, out2, *BATCH)[1]['sim'], expected.detach())
-    # uncached similarity gives the same target
+    total, terms = model.loss(data, out, *BATCH)
+    torch.testing.assert_close(terms['sim'], expected.detach())
+    assert len(built) == (1 if raw_from_files else 0)
+    # no gradient flows into the copy through the target: only through H (P's input)
+    users, pos, neg = BATCH
+    u, p, n = out.user[users], out.item[pos], out.item[neg]
+    bpr = -torch.nn.functional.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    grad, = torch.autograd.grad(total, model.features, retain_graph=True)
+    ref_grad, = torch.autograd.grad(bpr + expected, model.features)
+    torch.testing.assert_close(grad, ref_grad)
+    # the cache (file rows) and the per-batch rows give the same target
     uncached, _ = make_model(cl_weight=0.0, uia_weight=0.0, reg_weight=0.0,
-                             similarity_cache_mb=0.0)
+                             raw_from_files=raw_from_files, similarity_cache_mb=0.0)
+    with torch.no_grad():
+        uncached.features.mul_(-3.0).add_(1.0)
     torch.testing.assert_close(uncached.loss(data, uncached(data), *BATCH)[1]['sim'],
-                               before['sim'])
+                               terms['sim'])
+
+
+def test_only_the_id_tables_are_xavier_and_p_g_keep_the_default_init(monkeypatch):
+    """SPEC §7: P and G keep PyTorch's default Linear initialisation, as published."""
+    model, _ = make_model()
+    xavier = []
+    original = torch.nn.init.xavier_uniform_
+
+    def spy(tensor, *args, **kwargs):
+        xavier.append(tensor)
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
+    model.reset_parameters()
+    assert {id(t) for t in xavier} == {id(model.user_embedding.weight),
+                                       id(model.item_embedding.weight)}
+    for linear in (model.modality_conv.gated.proj, model.modality_conv.gated.gate):
+        bound = 1.0 / linear.in_features**0.5
+        assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound
+
+
+def test_the_trained_copy_moves_and_the_next_target_reads_it():
+    model, data = make_model(cl_weight=0.0, uia_weight=0.0, reg_weight=0.0, sim_weight=1.0)
+    before = model.features.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    total, _ = model.loss(data, model(data), *BATCH)
+    total.backward()
+    assert model.features.grad.abs().sum() > 0  # the copy is trained (through P)
+    optimizer.step()
+    assert not torch.equal(model.features.detach(), before)
+    out = model(data)
+    hp = out.views['H_mm'][BATCH[1]]
+    raw = torch.nn.functional.normalize(model.features.detach()[BATCH[1]], dim=1)
+    expected = torch.linalg.matrix_norm(hp @ hp.t() - raw @ raw.t()) / len(BATCH[1])
+    torch.testing.assert_close(model.loss(data, out, *BATCH)[1]['sim'], expected.detach())
 
 
 def test_alignrec_is_a_composition_of_the_shared_modules():

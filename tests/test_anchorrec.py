@@ -8,6 +8,8 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
 from anchorrec_pyg.models import AnchorRec, RecOutput, get_model_class
+from anchorrec_pyg.models.similarity import cached_similarities, similarity_target
+from anchorrec_pyg.schema import MODALITIES
 
 NUM_USERS, NUM_ITEMS, K = 5, 8, 3
 DIMS = {'mm': 6, 'text': 5, 'image': 7}
@@ -224,6 +226,110 @@ def test_loss_matches_hand_computation_term_by_term():
             torch.testing.assert_close(g, rg, msg=name)
 
 
+@pytest.mark.parametrize('raw_from_files', [False, True])
+def test_aal_mixture_and_amp_targets_read_the_trained_copies_or_the_file_rows(raw_from_files):
+    """SPEC §4: published, the raw rows are the trainable copies' current values (shared
+    storage, no gradient through them); ``raw_from_files`` reads the files' rows."""
+    model, data = make_model(aal_weight=0.1, amp_weight=0.2, smooth_weight=0.0,
+                             raw_from_files=raw_from_files)
+    with torch.no_grad():
+        for m in ('mm', 'text', 'image'):
+            model.features[m].mul_(-2.0).add_(0.5)  # the copies drift, as training moves them
+    out = model(data)
+    total, terms = model.loss(data, out, *BATCH, batch_size=2048)
+    read = data.clone()
+    if not raw_from_files:
+        for m in ('mm', 'text', 'image'):
+            read['item'][f'x_{m}'] = model.features[m].detach()
+    zu, zi, c, h, _ = dense_reference(model, data)
+    expected = reference_loss(model, read, zu, zi, c, h, *BATCH, 2048)
+    for key in ('aal', 'amp'):
+        torch.testing.assert_close(terms[key], expected[key].detach(), msg=key)
+    grads = torch.autograd.grad(total, list(model.features.values()))
+    ref_grads = torch.autograd.grad(sum(expected.values()), list(model.features.values()))
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g, rg)
+
+
+def test_only_fixed_rows_are_cached(monkeypatch):
+    """The I x I cache is built once, for the file rows (``raw_from_files``) or the frozen
+    copies (``freeze_features``), never for the trained copies (the default)."""
+    import anchorrec_pyg.models.similarity as similarity
+    from anchorrec_pyg.losses import PackedCosineSimilarity
+    built = []
+
+    class Counted(PackedCosineSimilarity):
+        def __init__(self, table):
+            built.append(table)
+            super().__init__(table)
+
+    monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
+    for options in (dict(), dict(raw_from_files=True), dict(freeze_features=True)):
+        built.clear()
+        model, data = make_model(amp_weight=0.1, **options)
+        for _ in range(2):
+            model.loss(data, model(data), *BATCH)
+        if not options:
+            assert built == [], options
+            continue
+        tables = ({m: data['item'][f'x_{m}'] for m in MODALITIES} if 'raw_from_files' in options
+                  else dict(model.features))
+        assert len(built) == 3, options
+        assert {t.data_ptr() for t in built} == {t.data_ptr() for t in tables.values()}, options
+
+
+def test_the_similarity_cache_refuses_a_trained_copy():
+    model, data = make_model()
+    distinct, counts = torch.unique(BATCH[1], return_counts=True)
+    trained = model.features['image']
+    assert trained.requires_grad
+    assert cached_similarities(data, MODALITIES, 1e6, fixed_rows=False) == ()
+    assert set(cached_similarities(data, MODALITIES, 1e6, fixed_rows=True)) == set(MODALITIES)
+    with pytest.raises(ValueError, match=r"'similarity_image'.*fixed rows only"):
+        similarity_target(model.graph_cache, 'similarity_image', trained, distinct, counts,
+                          cached=True)
+    assert len(model.graph_cache) == 0
+    # uncached, the trained copy's rows are read (normalised, without gradient)
+    target = similarity_target(model.graph_cache, 'similarity_image', trained, distinct, counts,
+                               cached=False)
+    expected = torch.nn.functional.normalize(trained.detach()[distinct], dim=-1)
+    torch.testing.assert_close(target.unit_rows, expected)
+    assert not target.unit_rows.requires_grad
+    # the same values, fixed, are cached: the same target
+    fixed = trained.detach().clone()
+    cached = similarity_target(model.graph_cache, 'similarity_image', fixed, distinct, counts,
+                               cached=True)
+    torch.testing.assert_close(cached.block, expected @ expected.t())
+
+
+def test_projection_and_gate_keep_the_default_init_and_the_heads_are_xavier(monkeypatch):
+    """SPEC §3: Xavier-uniform for Eu, Ei, Wid, Wmm, Dmm, Wv, Wt only; P_m and G_m keep
+    PyTorch's default Linear initialisation (the published code never re-initialises them)."""
+    model, _ = make_model()
+    xavier = []
+    original = torch.nn.init.xavier_uniform_
+
+    def spy(tensor, *args, **kwargs):
+        xavier.append(tensor)
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
+    model.reset_parameters()
+    got = {id(t) for t in xavier}
+    heads = model.projection
+    expected = {model.user_embedding.weight, model.item_embedding.weight}
+    for head in (heads.id_head, heads.anchor_head, heads.decoder, heads.image_head,
+                 heads.text_head):
+        expected |= {head[0].weight, head[2].weight}
+    assert got == {id(t) for t in expected}
+    for m, conv in model.modality_convs.items():
+        for linear in (conv.gated.proj, conv.gated.gate):
+            assert id(linear.weight) not in got, m
+            bound = 1.0 / math.sqrt(linear.in_features)  # PyTorch's default Linear bound
+            assert linear.weight.abs().max() <= bound, m
+            assert linear.bias.abs().max() <= bound, m
+
+
 def test_l2_term_uses_len_users_without_batch_size():
     model, data = make_model()
     out = model(data)
@@ -280,16 +386,21 @@ def test_freeze_features_keeps_feature_tables_fixed():
         assert 'features.mm' in model.state_dict()
 
 
-def test_features_are_copies_of_the_data_and_raw_rows_feed_aal_and_amp():
-    model, data = make_model()
+@pytest.mark.parametrize('raw_from_files', [False, True])
+def test_features_are_copies_of_the_data_and_raw_rows_feed_aal_and_amp(raw_from_files):
+    model, data = make_model(raw_from_files=raw_from_files)
+    file_rows = data['item'].x_text.clone()
     torch.testing.assert_close(model.features['text'], data['item'].x_text.double())
     out = model(data)
     before = model.project(data, out)
     with torch.no_grad():
         model.features['text'].add_(1.0)  # the trainable copy drifts from the file ...
     after = model.project(data, model(data))
-    torch.testing.assert_close(after['h_text'], before['h_text'])  # ... the raw view does not
+    drifted = model.projection.project_text(model.features['text'].detach())
+    # ... the raw view follows it (published) or keeps the file rows (the paper's reading)
+    torch.testing.assert_close(after['h_text'], before['h_text'] if raw_from_files else drifted)
     assert data['item'].x_text.data_ptr() != model.features['text'].data_ptr()
+    assert torch.equal(data['item'].x_text, file_rows)  # the data's table is never written
 
 
 def test_fuse_image_view_adds_exactly_the_image_view():
@@ -353,13 +464,15 @@ def test_a_new_backend_plugs_in_by_registration_only():
         del BACKENDS['fusing_probe_test']
 
 
-def test_graphs_and_normalised_features_are_built_once():
-    model, data = make_model(amp_weight=0.1)
+@pytest.mark.parametrize('raw_from_files', [False, True])
+def test_graphs_and_normalised_features_are_built_once(raw_from_files):
+    model, data = make_model(amp_weight=0.1, raw_from_files=raw_from_files)
     model.loss(data, model(data), *BATCH)
     entries = len(model.graph_cache)
-    # user-item graph, three kNN graphs, three similarity matrices (all fit the default budget,
-    # so no normalised feature table is kept)
-    assert entries == 1 + 3 + 3
+    # user-item graph, three kNN graphs and, for the fixed file rows, three similarity matrices
+    # (all fit the default budget, so no normalised feature table is kept); the trained copies
+    # change every step: nothing is kept for them
+    assert entries == 1 + 3 + (3 if raw_from_files else 0)
     adj = model.item_graph(data, 'mm', model.propagation)
     for _ in range(2):
         model.loss(data, model(data), *BATCH)
@@ -368,8 +481,8 @@ def test_graphs_and_normalised_features_are_built_once():
 
 
 def test_similarity_cache_does_not_change_the_amp_term():
-    cached, data = make_model(amp_weight=0.5)
-    uncached, _ = make_model(amp_weight=0.5, similarity_cache_mb=0.0)
+    cached, data = make_model(amp_weight=0.5, raw_from_files=True)
+    uncached, _ = make_model(amp_weight=0.5, raw_from_files=True, similarity_cache_mb=0.0)
     _, a = cached.loss(data, cached(data), *BATCH)
     _, b = uncached.loss(data, uncached(data), *BATCH)
     torch.testing.assert_close(a['amp'], b['amp'])

@@ -99,3 +99,19 @@ def test_propagate_item_views_handles_several_modalities_independently():
     for a, x, h, hu in zip(dense, xs, items, users):
         torch.testing.assert_close(h, a @ a @ x)
         torch.testing.assert_close(hu, r @ a @ a @ x)
+
+
+def test_projection_and_gate_keep_pytorchs_default_linear_init():
+    """SPEC §3, §7: P and G are never re-initialised in the published code."""
+    gate = ModalityGate(FEAT, DIM)
+    torch.manual_seed(3)
+    gate.reset_parameters()
+    torch.manual_seed(3)
+    proj, gate_linear = torch.nn.Linear(FEAT, DIM), torch.nn.Linear(DIM, DIM)
+    for got, want in ((gate.proj, proj), (gate.gate, gate_linear)):
+        torch.testing.assert_close(got.weight, want.weight, rtol=0, atol=0)
+        torch.testing.assert_close(got.bias, want.bias, rtol=0, atol=0)
+    # ... and not Xavier-uniform (the same draws, scaled to sqrt(6 / (fan_in + fan_out)))
+    torch.manual_seed(3)
+    xavier = torch.nn.init.xavier_uniform_(torch.empty(DIM, FEAT))
+    assert not torch.allclose(gate.proj.weight, xavier)

@@ -9,7 +9,8 @@ it the data layer's ``mm_source: concat`` derives it) and its kNN graph
 * collaborative view :math:`\mathbf{C}`: :class:`~anchorrec_pyg.nn.LightGCNEncoder`;
 * multimodal view: :class:`~anchorrec_pyg.nn.ModalityConv`,
   :math:`\mathbf{H} = \mathbf{A}^n(\mathbf{E}_i \odot \sigma(G(P(\mathbf{F}))))`, users
-  :math:`\mathbf{R}\mathbf{H}`;
+  :math:`\mathbf{R}\mathbf{H}` (``P`` and ``G`` with PyTorch's default ``Linear``
+  initialisation, as published; ``F`` a trainable copy of the file's table);
 * fusion :math:`\mathbf{Z} = \mathbf{C} + [\mathbf{R}\mathbf{H}; \mathbf{H}]`;
 * loss, per batch, from :mod:`anchorrec_pyg.losses`:
 
@@ -21,7 +22,9 @@ it the data layer's ``mm_source: concat`` derives it) and its kNN graph
       + w_{sim}\,\frac{1}{n}\|\mathbf{H}_p\mathbf{H}_p^\top - \mathbf{S}\|_F,
 
   with :math:`\mathbf{S}` the cosine similarities of the raw :math:`\mathbf{F}` rows of the
-  positive items (the file's rows, not the trainable copy) and :math:`\tau = 0.2`.
+  positive items (the trainable copy's current values, without gradient, as the published
+  code's shared storage gives; the file's rows with ``raw_from_files``) and
+  :math:`\tau = 0.2`.
 
 The upstream BEiT-3 pre-training that produces :math:`\mathbf{F}` is out of scope (SPEC §7).
 """
@@ -36,7 +39,7 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.losses import CosineDistanceLoss, InfoNCE, SimilarityPreservationLoss
 from anchorrec_pyg.models.base import ModelConfig, RecOutput, node_rows, require_knn_graphs, rows
 from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
-from anchorrec_pyg.models.similarity import cached_similarities, similarity_target
+from anchorrec_pyg.models.similarity import cached_similarities, raw_rows, similarity_target
 from anchorrec_pyg.nn.modality_conv import ModalityConv
 from anchorrec_pyg.schema import feature_key
 
@@ -76,11 +79,14 @@ class AlignRec(GraphRecModel):
             tau: InfoNCE temperature (published, fixed: 0.2).
             freeze_features: keep the feature table fixed (published code trains a copy:
                 ``False``).
+            raw_from_files: the sim target reads the feature file's rows (the paper's
+                reading); published (``False``): the trainable copy's current values.
             feature_layernorm: LayerNorm on the features before the projection (published off).
             similarity_cache_mb: memory (MiB) up to which the ``I x I`` raw cosine matrix
                 behind the similarity target (packed lower triangle,
                 :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) is computed once and
-                cached (speed only).
+                cached (speed only; fixed rows only: ``raw_from_files`` or
+                ``freeze_features``).
         """
 
         n_ui_layers: int = 2
@@ -91,6 +97,7 @@ class AlignRec(GraphRecModel):
         sim_weight: float = 0.1
         tau: float = 0.2
         freeze_features: bool = False
+        raw_from_files: bool = False
         feature_layernorm: bool = False
         similarity_cache_mb: float = 256.0
 
@@ -160,10 +167,12 @@ class AlignRec(GraphRecModel):
                 self.info_nce(rows(out.views['H_mm_user'], users), rows(c[:num_users], users)))
         if cfg.sim_weight > 0:
             distinct, counts = torch.unique(pos, return_counts=True)
-            cached = 'mm' in cached_similarities(data, ('mm', ), cfg.similarity_cache_mb)
+            cached = 'mm' in cached_similarities(
+                data, ('mm', ), cfg.similarity_cache_mb,
+                fixed_rows=cfg.raw_from_files or cfg.freeze_features)
             target = similarity_target(self.graph_cache, 'similarity_mm',
-                                       data['item'][feature_key('mm')], distinct, counts, cached,
-                                       h_items.dtype)
+                                       raw_rows(data, self.features, 'mm', cfg.raw_from_files),
+                                       distinct, counts, cached, h_items.dtype)
             terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

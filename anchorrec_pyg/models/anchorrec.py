@@ -38,10 +38,10 @@ from anchorrec_pyg.models.base import (
     rows,
 )
 from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
-from anchorrec_pyg.models.similarity import cached_similarities, similarity_target
+from anchorrec_pyg.models.similarity import cached_similarities, raw_rows, similarity_target
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
 from anchorrec_pyg.nn.projection import ProjectionDomain
-from anchorrec_pyg.schema import MODALITIES, feature_key, knn_edge_type
+from anchorrec_pyg.schema import MODALITIES, knn_edge_type
 
 __all__ = ['AnchorRec']
 
@@ -53,8 +53,9 @@ class AnchorRec(GraphRecModel):
 
     Parameters: ID tables ``Eu``, ``Ei`` (Xavier-uniform), trainable copies of the three raw
     feature tables (``features``; frozen with ``freeze_features``), one
-    :class:`~anchorrec_pyg.nn.ModalityConv` per modality (``P_m``, ``G_m``) and the
-    :class:`~anchorrec_pyg.nn.ProjectionDomain` heads.
+    :class:`~anchorrec_pyg.nn.ModalityConv` per modality (``P_m``, ``G_m``: PyTorch's default
+    ``Linear`` initialisation, as published) and the
+    :class:`~anchorrec_pyg.nn.ProjectionDomain` heads (Xavier-uniform weights; SPEC §3).
 
     ``forward`` returns the final embeddings and the views ``'C'`` (``[U+I, d]``), ``'H_mm'``,
     ``'H_text'``, ``'H_image'`` (items, ``[I, d]``), ``'H_mm_user'``, ``'H_text_user'``,
@@ -64,8 +65,9 @@ class AnchorRec(GraphRecModel):
 
     ``loss`` returns the total of SPEC §4 and its weighted terms ``bpr``, ``reg``, ``cm``,
     ``aal``, ``amp``, ``smooth``; a term whose weight is 0 is not computed (reported as 0).
-    The raw feature rows used by AAL's mixture and AMP's targets are read from ``data``
-    (the files), not from the trainable copies.
+    The raw feature rows used by AAL's mixture and AMP's targets are the trainable copies'
+    current values, read without gradient (the published code's shared storage); with
+    ``raw_from_files`` the file rows in ``data`` (the paper's reading).
     """
 
     description = ('AnchorRec: LightGCN ID view plus gated mm/text/image kNN views, aligned '
@@ -98,6 +100,9 @@ class AnchorRec(GraphRecModel):
                 0.0005).
             freeze_features: keep the feature tables fixed, as the paper states (published code
                 trains them: ``False``).
+            raw_from_files: AAL's mixture and AMP's targets read the feature files' rows, as the
+                paper states; published (``False``): the trainable copies' current values
+                (they share storage with the tables they were made from), without gradient.
             fuse_image_view: add the image view to the final embeddings, as the paper states
                 (published code leaves it out: ``False``).
             feature_layernorm: LayerNorm on each feature table before its projection (published
@@ -107,9 +112,9 @@ class AnchorRec(GraphRecModel):
                 triangles, :class:`~anchorrec_pyg.losses.PackedCosineSimilarity`) instead of
                 computing each batch's block (widest feature table first, see
                 :func:`~anchorrec_pyg.models.similarity.cached_similarities`); trades
-                memory for recomputation, the
-                targets are the same (0: compute every block). The default fits Baby's image
-                table (99 MB).
+                memory for recomputation, the targets are the same (0: compute every block).
+                Only fixed rows are cached (``raw_from_files`` or ``freeze_features``): trained
+                copies change every step. The default fits Baby's image table (99 MB).
             feature_grad_buffer: compute the gradients of the trainable feature tables into
                 buffers kept between steps (:mod:`anchorrec_pyg.nn.feature_grad`): the same
                 values without allocating (and page-faulting) the ``I x f`` gradients every
@@ -133,6 +138,7 @@ class AnchorRec(GraphRecModel):
         smooth_weight: float = 0.1
         recover_lambda: float = 0.0005
         freeze_features: bool = False
+        raw_from_files: bool = False
         fuse_image_view: bool = False
         feature_layernorm: bool = False
         similarity_cache_mb: float = 128.0
@@ -213,12 +219,14 @@ class AnchorRec(GraphRecModel):
 
         Returns ``'h_id'`` (:math:`W_{id}(\mathbf{C}_{items})`), ``'h_mm'``
         (:math:`W_{mm}(\mathbf{H}_{mm})`), ``'h_text'`` (:math:`W_t` of the raw text rows),
-        ``'h_image'`` (:math:`W_v` of the raw image rows) and ``'h_mix'`` (their AAL mixture).
+        ``'h_image'`` (:math:`W_v` of the raw image rows) and ``'h_mix'`` (their AAL mixture);
+        raw rows as the class docstring says (no gradient into the feature copies).
         """
         num_users = out.user.size(0)
         c_items = out.views['C'][num_users:]
         anchor = out.views['h_mm']
-        text, image = data['item'][feature_key('text')], data['item'][feature_key('image')]
+        text, image = (raw_rows(data, self.features[m], m, self.config.raw_from_files).detach()
+                       for m in ('text', 'image'))
         if items is not None:
             c_items, anchor = rows(c_items, items), rows(anchor, items)
             text, image = rows(text, items), rows(image, items)
@@ -264,11 +272,14 @@ class AnchorRec(GraphRecModel):
             terms['aal'] = cfg.aal_weight * self.aal(projected['h_mm'], projected['h_id'],
                                                      projected['h_mix'], counts)
         if cfg.amp_weight > 0:
-            cached = cached_similarities(data, MODALITIES, cfg.similarity_cache_mb)
+            cached = cached_similarities(data, MODALITIES, cfg.similarity_cache_mb,
+                                         fixed_rows=cfg.raw_from_files or cfg.freeze_features)
             embeddings = {m: rows(out.views[f'H_{m}'], distinct) for m in MODALITIES}
             targets = {m: similarity_target(self.graph_cache, f'similarity_{m}',
-                                            data['item'][feature_key(m)], distinct, counts,
-                                            m in cached, out.item.dtype) for m in MODALITIES}
+                                            raw_rows(data, self.features[m], m,
+                                                     cfg.raw_from_files),
+                                            distinct, counts, m in cached, out.item.dtype)
+                       for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
             knn = data[knn_edge_type('mm')]

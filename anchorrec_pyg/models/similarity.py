@@ -1,5 +1,12 @@
 r"""The targets of the similarity-preservation terms (SPEC §4 AMP, §7 AlignRec's sim), for the
-models with a ``similarity_cache_mb`` budget (AnchorRec, AlignRec).
+models with a ``similarity_cache_mb`` budget (AnchorRec, AlignRec), and the "raw" feature rows
+they (and AnchorRec's AAL mixture) read.
+
+"Raw" rows (SPEC §4): in the published code the trainable feature copies share storage with
+the tables they were made from, so the targets read the *current trained* values of the copy,
+without a gradient through them (:func:`raw_rows`, the default); the file's rows are the
+paper's reading (a model's ``raw_from_files`` switch). A trained copy changes every step, so
+only file rows (or a frozen copy) are cached.
 
 A target :math:`\mathbf{S}` holds the cosine similarities of a modality's feature rows for a
 batch's distinct positive items; :class:`~anchorrec_pyg.losses.SimilarityPreservationLoss`
@@ -15,19 +22,32 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import PackedCosineSimilarity, SimilarityTarget
+from anchorrec_pyg.models.base import node_rows
 from anchorrec_pyg.nn.propagation import TensorCache
 from anchorrec_pyg.schema import feature_key
 
-__all__ = ['cached_similarities', 'similarity_target']
+__all__ = ['raw_rows', 'cached_similarities', 'similarity_target']
 
 
-def cached_similarities(data: HeteroData, modalities: tuple[str, ...],
-                        budget_mb: float) -> tuple[str, ...]:
+def raw_rows(data: HeteroData, copy: Tensor, modality: str, from_files: bool) -> Tensor:
+    """The raw rows of ``modality`` for ``data``'s items: the model's feature ``copy`` (its
+    rows for a subgraph; published) or, with ``from_files``, the file's table
+    ``data['item'].x_<modality>`` (the paper's reading). Not detached: the caller reads it
+    without gradient."""
+    if from_files:
+        return data['item'][feature_key(modality)]
+    return node_rows(copy, data, 'item')
+
+
+def cached_similarities(data: HeteroData, modalities: tuple[str, ...], budget_mb: float,
+                        fixed_rows: bool) -> tuple[str, ...]:
     """The modalities (of ``modalities``) whose ``I x I`` cosine-similarity matrix fits the
     budget of ``budget_mb`` MiB (all modalities together), spent on the tables that are the most
-    expensive to recompute per batch: the widest feature table first. A sampled subgraph
-    (``n_id`` on the items) caches none: its table is new every batch."""
-    if 'n_id' in data['item']:
+    expensive to recompute per batch: the widest feature table first. None unless the target
+    rows are ``fixed_rows`` (the file rows, or frozen copies: a trained copy changes every
+    step), and none on a sampled subgraph (``n_id`` on the items): its table is new every
+    batch."""
+    if not fixed_rows or 'n_id' in data['item']:
         return ()
     budget = budget_mb * 2**20
     num_items = int(data['item'].num_nodes)
@@ -48,10 +68,17 @@ def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Te
     distinct items, with multiplicities ``counts``: ``torch.unique(items, return_counts=True)``).
 
     With ``cached`` the ``I x I`` matrix of ``table`` is computed once and kept in ``cache`` under
-    ``name`` (keyed by the table's identity and in-place version, so only a table that does not
-    change between steps should be cached), and the block of ``distinct`` gathered from it;
-    otherwise the target carries the distinct rows, normalised. ``table`` is read detached.
+    ``name`` (keyed by the table's identity and in-place version), and the block of ``distinct``
+    gathered from it; otherwise the target carries the distinct rows, normalised. ``table`` is
+    read detached.
+
+    Raises:
+        ValueError: ``cached`` for a table that requires grad (a trained feature copy changes
+            at every optimiser step: only fixed rows, file rows or frozen copies, are cached).
     """
+    if cached and table.requires_grad:
+        raise ValueError(f'similarity target {name!r}: the I x I cache holds fixed rows only '
+                         '(file rows or frozen features), not a trained feature copy')
     if cached:
         packed = cache.get(name, (table, ), lambda: PackedCosineSimilarity(table.detach()))
         block = packed.block(distinct)

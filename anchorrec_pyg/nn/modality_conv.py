@@ -37,6 +37,9 @@ class ModalityGate(torch.nn.Module):
     r"""The gated item view :math:`\mathbf{E}_i \odot \sigma(\mathbf{G}\,\mathbf{P}(
     \mathrm{LN}(\mathbf{F})))`.
 
+    ``P`` (``Linear(feature_dim, d)``) and ``G`` (``Linear(d, d)``) keep PyTorch's default
+    ``Linear`` initialisation, as in the published code (SPEC §3, §7).
+
     Args:
         feature_dim: width of the modality's feature table.
         embedding_dim: d.
@@ -57,11 +60,10 @@ class ModalityGate(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform weights (SPEC §3); biases keep PyTorch's default initialisation."""
+        """PyTorch's default ``Linear`` initialisation of ``P`` and ``G``, as published (SPEC
+        §3, §7: the published code never re-initialises them)."""
         for linear in (self.proj, self.gate):
-            torch.nn.init.xavier_uniform_(linear.weight)
-            bound = 1.0 / linear.in_features**0.5
-            torch.nn.init.uniform_(linear.bias, -bound, bound)
+            linear.reset_parameters()
         if isinstance(self.norm, torch.nn.LayerNorm):
             self.norm.reset_parameters()
 
