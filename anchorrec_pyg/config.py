@@ -173,7 +173,8 @@ class TrainConfig:
             math); ``'sampled'`` propagates a sampled subgraph around each batch's users,
             positives and negatives (:mod:`anchorrec_pyg.train.subgraph`).
         fanout: ``'sampled'`` only: the neighbours drawn per node at each user-item hop (one
-            entry per hop, ``-1`` = all neighbours).
+            entry per hop, ``-1`` = all neighbours); as many hops as the model has user-item
+            propagation layers (``RecModel.sampled_hops``, checked when training starts).
         sparse_updates: Row-sparse updates of the model's node tables (ID tables, trainable
             feature copies): their gradient holds the subgraph's rows only and
             ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
@@ -203,6 +204,17 @@ class TrainConfig:
     sparse_updates: Optional[bool] = None
     nproc: int = 1
     dist_timeout_s: float = 1800.0
+
+    @property
+    def data_parallel(self) -> Optional[str]:
+        r"""With ``nproc > 1``, the global batch and the learning-rate rule in one line (the
+        run's log and a comment heading its ``config.yaml``); ``None`` otherwise."""
+        if self.nproc == 1:
+            return None
+        return (f'data-parallel: {self.nproc} processes, global batch {self.batch_size} '
+                f'({self.batch_size // self.nproc} rows per process), learning rate {self.lr:g} '
+                'as for one process (no scaling rule: the global batch does not change with '
+                'nproc)')
 
     @property
     def row_sparse(self) -> bool:
@@ -538,8 +550,11 @@ def first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:
 
 
 def dump_config(config: ExperimentConfig) -> str:
-    r"""The resolved configuration as YAML text (what ``config.yaml`` of a run folder holds)."""
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+    r"""The resolved configuration as YAML text (what ``config.yaml`` of a run folder holds),
+    headed by the data-parallel rule as a comment when ``train.nproc > 1``."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+    note = config.train.data_parallel
+    return text if note is None else f'# {note}\n{text}'
 
 
 def _set_dotted(raw: Dict[str, Any], key: str, value: Any) -> None:

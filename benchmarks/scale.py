@@ -1,19 +1,30 @@
-"""How epoch time and memory grow with the data: AnchorRec on Baby-shaped synthetic data at
-several sizes, ``train.mode`` full vs sampled, 1 vs 2 processes; plus the accuracy cost of
+"""How a training step's time, memory and subgraph grow with the data: AnchorRec on Baby-shaped
+synthetic data at several sizes, ``train.mode`` full vs sampled; plus the accuracy cost of
 sampling (validation Recall@20 after the same number of epochs, full vs sampled, two seeds).
 
-    python benchmarks/scale.py --quick                    # a reduced run: a few minutes
-    python benchmarks/scale.py --sizes 1,2,4              # Baby x 1, 2, 4 (hours on 2 cores)
-    python benchmarks/scale.py --base 0.25 --sizes 1,2 --nproc 1
+    python benchmarks/scale.py --quick                    # 1/16, 1/8, 1/4 Baby: minutes
+    python benchmarks/scale.py --sizes 1,2,4 --no-accuracy     # Baby x 1, 2, 4
+    python benchmarks/scale.py --sizes 1 --no-timing --parallel 2  # the accuracy runs only
 
 Size ``s`` is the ``baby`` synthetic preset with users and items scaled by ``base * s`` (the
 interactions follow: the same mean per user) and Baby's feature widths (4096/384/768), written
-once under ``--data-root``. Every measurement is its own ``anchorrec-pyg train`` process (``--nproc
-2`` through torchrun's launcher): seconds per epoch = ``train_time_s`` of the last of
-``--epochs`` whole epochs (the first builds caches), peak RSS = the largest resident set of the
-job's processes (``wait4``), growth exponent = the least-squares slope of log(seconds) on
-log(size). The accuracy runs train ``--acc-epochs`` epochs at size 1 and evaluate once, at the
-end. Tables are printed (markdown) and written with the raw numbers to ``--out``/scale.json.
+once under ``--data-root``.
+
+**Timing** (one fresh process per size and mode, ``--threads`` threads): the package's trainer
+(model, batch source, optimiser as ``anchorrec-pyg train`` builds them: sampled mode with its
+default row-sparse updates) runs ``--warmup`` + ``--batches`` batches of the first epoch; the
+mean time of the timed batches (sampling, forward, backward, optimiser step) times the batches
+per epoch is the epoch estimate (the epoch's one-off draw of the permutation and negatives
+falls in the warm-up). Per step: the peak resident memory above the resident memory before the
+timed batches (``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's peak; the
+mean subgraph of a batch (users, items, message-passing edges) against the whole graph. The
+growth exponent is the least-squares slope of log(seconds per epoch) on log(size).
+
+**Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
+once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
+
+Tables are printed (markdown, with ``uptime``'s load average) and written with the raw numbers
+to ``--out``/scale.json.
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,34 +60,120 @@ def dataset(root: Path, scale: float) -> str:
     return name
 
 
-def train(root: Path, name: str, out: Path, mode: str, nproc: int, epochs: int, seed: int,
-          fanout: str, threads: int) -> dict:
-    """One ``anchorrec-pyg train`` job; returns its history, validation metrics and peak RSS."""
-    args = ['train', '--quiet', '--out', str(out)]
-    sets = [f'data.root={root}', f'data.name={name}', f'train.mode={mode}',
-            f'train.fanout={fanout}', f'train.epochs={epochs}', 'train.patience=null',
-            f'train.eval_every={epochs}', f'train.checkpoint_every={epochs}',
-            f'seeds=[{seed}]', 'train.device=cpu', 'eval.ks=[20]']
-    if nproc > 1:
-        args += ['--nproc', str(nproc)]
-    else:
-        sets.append(f'train.num_threads={threads}')
-    for s in sets:
-        args += ['--set', s]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, '-m', 'anchorrec_pyg.cli', *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+def _status_kb(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class TimedBatches:
+    """The first ``count`` batches of a batch source, with the time each was handed out and the
+    size of each graph (the trainer iterates it as its own batch source)."""
+
+    def __init__(self, source, count: int, on_first_timed, warmup: int) -> None:
+        self.source, self.count, self.warmup = source, count, warmup
+        self.on_first_timed = on_first_timed
+        self.stamps: list = []
+        self.sizes: list = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def epoch(self, generator, epoch):
+        for index, (graph, users, pos, neg) in enumerate(self.source.epoch(generator, epoch)):
+            if index == self.count:
+                return
+            if index == self.warmup:
+                self.on_first_timed()
+            self.stamps.append(time.perf_counter())
+            edges = sum(graph[et].edge_index.size(1) for et in graph.edge_types)
+            self.sizes.append((int(graph['user'].num_nodes), int(graph['item'].num_nodes),
+                               edges))
+            yield graph, users, pos, neg
+
+
+def worker(spec: dict) -> dict:
+    """One timing measurement in this process (``--worker``)."""
+    import torch
+
+    from anchorrec_pyg.config import load_config
+    from anchorrec_pyg.train import Trainer
+    from anchorrec_pyg.train.runner import build_model, load_data, required_modalities
+    torch.set_num_threads(spec['threads'])
+    config = load_config(None, [f"data.root={spec['root']}", f"data.name={spec['name']}",
+                                f"train.mode={spec['mode']}", f"train.fanout={spec['fanout']}",
+                                'train.device=cpu', f"train.num_threads={spec['threads']}",
+                                f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]'])
+    data = load_data(config.data, required_modalities(config), log=False)
+    model = build_model(config, data, 999)
+    trainer = Trainer(model, data, config.train, config.eval, seed=999)
+    batches_per_epoch = len(trainer.batches)
+    count = min(spec['warmup'] + spec['batches'], batches_per_epoch)
+    mark = {}
+
+    def first_timed():
+        mark['setup_hwm_kb'] = _status_kb('VmHWM')
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # resets VmHWM to the current resident set
+        mark['rss_kb'] = _status_kb('VmRSS')
+
+    timed = TimedBatches(trainer.batches, count, first_timed, spec['warmup'])
+    trainer.batches = timed
+    trainer._train_epoch(1)
+    end = time.perf_counter()
+    steps = np.diff(np.asarray(timed.stamps[spec['warmup']:] + [end]))
+    sizes = np.asarray(timed.sizes[spec['warmup']:], float).mean(axis=0)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    sparse = sum(p.numel() for p in trainer.sparse_tables.values())
+    return {
+        'users': int(data['user'].num_nodes), 'items': int(data['item'].num_nodes),
+        'interactions': int(data['user', 'interacts', 'item'].edge_index.size(1)),
+        'batches_per_epoch': batches_per_epoch, 'timed_batches': len(steps),
+        's_per_batch': float(steps.mean()), 's_per_epoch': float(steps.mean()) * batches_per_epoch,
+        'sub_users': float(sizes[0]), 'sub_items': float(sizes[1]), 'sub_edges': float(sizes[2]),
+        'step_peak_mb': (_status_kb('VmHWM') - mark['rss_kb']) / 1024,
+        'peak_rss_mb': max(mark['setup_hwm_kb'], _status_kb('VmHWM')) / 1024,
+        'trainable_params': params,
+        'row_sparse_params': sparse, 'sampler': trainer.batches.source.description,
+    }
+
+
+def time_one(args, root: Path, name: str, mode: str) -> dict:
+    spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
+            'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
+            'batch_size': args.batch_size}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f'{name} {mode} x{nproc} failed: {stderr.strip()[-2000:]}')
+        raise SystemExit(f'{name} {mode} failed: {proc.stderr.strip()[-2000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def accuracy_one(args, root: Path, name: str, mode: str, seed: int, scratch: Path) -> dict:
+    """One ``anchorrec-pyg train`` job of ``--acc-epochs`` epochs, evaluated at the end."""
+    out = scratch / f'acc-{mode}-{seed}'
+    sets = [f'data.root={root}', f'data.name={name}', f'train.mode={mode}',
+            f'train.fanout={args.fanout}', f'train.epochs={args.acc_epochs}',
+            'train.patience=null', f'train.eval_every={args.acc_epochs}',
+            f'train.checkpoint_every={args.acc_epochs}', f'seeds=[{seed}]', 'train.device=cpu',
+            'eval.ks=[20]', f'train.num_threads={args.threads}',
+            f'train.batch_size={args.batch_size}']
+    command = [sys.executable, '-m', 'anchorrec_pyg.cli', 'train', '--quiet', '--out', str(out)]
+    for s in sets:
+        command += ['--set', s]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f'accuracy {mode} {seed} failed: {proc.stderr.strip()[-2000:]}')
     with open(out / 'history.csv') as f:
         history = list(csv.DictReader(f))
-    return {'train_time_s': float(history[-1]['train_time_s']),
-            'valid_recall@20': float(history[-1]['valid_recall@20']),
-            'peak_rss_mb': usage.ru_maxrss / 1024, 'wall_s': time.perf_counter() - start}
+    return {'mode': mode, 'seed': seed, 'valid_recall@20': float(history[-1]['valid_recall@20']),
+            'train_s_per_epoch': float(np.mean([float(r['train_time_s']) for r in history])),
+            'wall_s': time.perf_counter() - start}
 
 
 def slope(sizes: list, values: list) -> float:
@@ -84,87 +182,106 @@ def slope(sizes: list, values: list) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(sizes) > 1 else math.nan
 
 
+def load_average() -> str:
+    return ' '.join(f'{v:.1f}' for v in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--quick', action='store_true',
-                        help='base 1/16 Baby, sizes 1,2,4, accuracy after 3 epochs')
+                        help='base 1/16 Baby, 10 timed batches, accuracy after 3 epochs')
     parser.add_argument('--base', type=float, help='size 1 as a fraction of Baby (default 1)')
-    parser.add_argument('--sizes', help='comma-separated multiples of the base (default 1,2,4)')
-    parser.add_argument('--nproc', default='1,2', help='process counts to time (default 1,2)')
-    parser.add_argument('--epochs', type=int, help='timed epochs per job (default 2)')
+    parser.add_argument('--sizes', default='1,2,4', help='multiples of the base (default 1,2,4)')
+    parser.add_argument('--batches', type=int, help='timed batches per job (default 30)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed batches first')
+    parser.add_argument('--batch-size', type=int, default=2048, help='train.batch_size (B)')
+    parser.add_argument('--fanout', default='[5,2]', help='train.fanout of sampled mode')
+    parser.add_argument('--threads', type=int, default=1, help='CPU threads per process')
+    parser.add_argument('--no-timing', action='store_true', help='the accuracy runs only')
+    parser.add_argument('--no-accuracy', action='store_true', help='the timing only')
     parser.add_argument('--acc-epochs', type=int,
                         help='epochs of the accuracy runs (default 10; --quick 3)')
     parser.add_argument('--seeds', default='999,777', help='seeds of the accuracy runs')
-    parser.add_argument('--fanout', default='[20,10]', help='train.fanout of sampled mode')
-    parser.add_argument('--threads', type=int, default=1, help='CPU threads per process (1: '
-                        'robust on a loaded machine)')
+    parser.add_argument('--parallel', type=int, default=1, help='accuracy jobs at a time')
     parser.add_argument('--data-root', default=str(Path(tempfile.gettempdir()) /
                                                    'anchorrec-scale-data'))
     parser.add_argument('--out', default='scale-results', help='folder for scale.json')
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
     base = args.base if args.base is not None else (0.0625 if args.quick else 1.0)
-    sizes = [float(s) for s in (args.sizes or '1,2,4').split(',')]
-    epochs = args.epochs or 2
-    acc_epochs = args.acc_epochs or (3 if args.quick else 10)
-    nprocs = [int(n) for n in args.nproc.split(',')]
+    sizes = [float(s) for s in args.sizes.split(',')]
+    args.batches = args.batches or (10 if args.quick else 30)
+    args.acc_epochs = args.acc_epochs or (3 if args.quick else 10)
     seeds = [int(s) for s in args.seeds.split(',')]
     data_root, out = Path(args.data_root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f'AnchorRec, Baby-shaped synthetic data, size 1 = {base:g} x Baby; fan-out '
-          f'{args.fanout}; {args.threads} thread(s) per process; {os.cpu_count()} CPUs; '
-          f'{epochs} timed epochs per job', flush=True)
+    print(f'AnchorRec, Baby-shaped synthetic data, size 1 = {base:g} x Baby; B = '
+          f'{args.batch_size}; sampled: fan-out {args.fanout}, row-sparse updates; '
+          f'{args.threads} thread(s) per process; {os.cpu_count()} CPUs; load average '
+          f'{load_average()}', flush=True)
+    result = {'base': base, 'sizes': sizes, 'fanout': args.fanout, 'threads': args.threads,
+              'batch_size': args.batch_size, 'cpus': os.cpu_count()}
 
-    timing = []
-    with tempfile.TemporaryDirectory() as scratch:
+    if not args.no_timing:
+        timing = []
         for size in sizes:
             name = dataset(data_root, base * size)
             for mode in ('full', 'sampled'):
-                for nproc in nprocs:
-                    run = train(data_root, name, Path(scratch) / f'{name}-{mode}-{nproc}', mode,
-                                nproc, epochs, 999, args.fanout, args.threads)
-                    timing.append({'size': size, 'data': name, 'mode': mode, 'nproc': nproc,
-                                   **run})
-                    print(f"  {name} {mode:7s} x{nproc}: {run['train_time_s']:.2f} s/epoch, "
-                          f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
-        accuracy = []
-        name = dataset(data_root, base * sizes[0])
+                run = time_one(args, data_root, name, mode)
+                run.update(size=size, data=name, mode=mode, load=load_average())
+                timing.append(run)
+                print(f"  {name} {mode:7s}: {run['s_per_batch']:.3f} s/batch x "
+                      f"{run['batches_per_epoch']} = {run['s_per_epoch']:.1f} s/epoch (load "
+                      f"{run['load']})", flush=True)
+        print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
+        print('\n| x Baby | users / items / interactions | mode | s/batch | s/epoch (est.) '
+              '| subgraph users | subgraph items | subgraph edges | step peak MB | peak RSS MB '
+              '| load |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|')
+        for r in timing:
+            share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
+            full_edges = next(t['sub_edges'] for t in timing
+                              if t['size'] == r['size'] and t['mode'] == 'full')
+            print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
+                  f"{r['interactions']:,} | {r['mode']} | {r['s_per_batch']:.3f} | "
+                  f"{r['s_per_epoch']:.1f} | {share(r['sub_users'], r['users'])} | "
+                  f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
+                  f"| {r['step_peak_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['load']} |")
+        print('\n| mode | growth exponent (s/epoch ~ size^a) | per doubling |')
+        print('|---|---|---|')
+        exponents = {}
         for mode in ('full', 'sampled'):
-            for seed in seeds:
-                run = train(data_root, name, Path(scratch) / f'acc-{mode}-{seed}', mode, 1,
-                            acc_epochs, seed, args.fanout, args.threads)
-                accuracy.append({'mode': mode, 'seed': seed, **run})
-                print(f"  accuracy {mode} seed {seed}: valid Recall@20 "
-                      f"{run['valid_recall@20']:.4f}", flush=True)
+            rows = [r for r in timing if r['mode'] == mode]
+            a = slope([r['size'] for r in rows], [r['s_per_epoch'] for r in rows])
+            exponents[mode] = a
+            print(f'| {mode} | {a:.2f} | {2 ** a:.2f}x |')
+        result.update(timing=timing, exponents=exponents)
 
-    print('\n| size (x Baby) | mode | processes | s/epoch | peak RSS MB/process |')
-    print('|---|---|---|---|---|')
-    for r in timing:
-        print(f"| {base * r['size']:g} | {r['mode']} | {r['nproc']} | {r['train_time_s']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} |")
-    print('\n| mode | processes | growth exponent (s/epoch ~ size^a) | per doubling |')
-    print('|---|---|---|---|')
-    exponents = {}
-    for mode in ('full', 'sampled'):
-        for nproc in nprocs:
-            rows = [r for r in timing if r['mode'] == mode and r['nproc'] == nproc]
-            a = slope([r['size'] for r in rows], [r['train_time_s'] for r in rows])
-            exponents[f'{mode}-x{nproc}'] = a
-            print(f'| {mode} | {nproc} | {a:.2f} | {2 ** a:.2f}x |')
-    print(f'\nvalidation Recall@20 after {acc_epochs} epochs, {base * sizes[0]:g} x Baby:')
-    print('| mode | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean |')
-    print('|---|' + '---|' * (len(seeds) + 1))
-    means = {}
-    for mode in ('full', 'sampled'):
-        values = [r['valid_recall@20'] for r in accuracy if r['mode'] == mode]
-        means[mode] = float(np.mean(values))
-        print(f'| {mode} | ' + ' | '.join(f'{v:.4f}' for v in values) +
-              f' | {means[mode]:.4f} |')
-    gap = (means['sampled'] - means['full']) / means['full']
-    print(f'sampled vs full: {100 * gap:+.1f}% (relative)')
-    result = {'base': base, 'sizes': sizes, 'fanout': args.fanout, 'threads': args.threads,
-              'cpus': os.cpu_count(), 'epochs': epochs, 'acc_epochs': acc_epochs,
-              'timing': timing, 'exponents': exponents, 'accuracy': accuracy,
-              'relative_gap': gap}
+    if not args.no_accuracy:
+        name = dataset(data_root, base * sizes[0])
+        jobs = [(mode, seed) for seed in seeds for mode in ('full', 'sampled')]
+        with tempfile.TemporaryDirectory() as scratch, \
+                ThreadPoolExecutor(args.parallel) as pool:
+            accuracy = list(pool.map(
+                lambda job: accuracy_one(args, data_root, name, job[0], job[1], Path(scratch)),
+                jobs))
+        print(f'\nvalidation Recall@20 after {args.acc_epochs} epochs, {base * sizes[0]:g} x '
+              f'Baby, {args.parallel} job(s) at a time (load average {load_average()}):')
+        print('| mode | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | s/epoch |')
+        print('|---|' + '---|' * (len(seeds) + 2))
+        means = {}
+        for mode in ('full', 'sampled'):
+            rows = [r for r in accuracy if r['mode'] == mode]
+            means[mode] = float(np.mean([r['valid_recall@20'] for r in rows]))
+            print(f'| {mode} | ' + ' | '.join(f"{r['valid_recall@20']:.4f}" for r in rows) +
+                  f" | {means[mode]:.4f} | "
+                  f"{np.mean([r['train_s_per_epoch'] for r in rows]):.1f} |")
+        gap = (means['sampled'] - means['full']) / means['full']
+        print(f'sampled vs full: {100 * gap:+.1f}% (relative)')
+        result.update(acc_epochs=args.acc_epochs, accuracy=accuracy, relative_gap=gap)
     (out / 'scale.json').write_text(json.dumps(result, indent=2) + '\n')
     print(f'wrote {out / "scale.json"}')
 

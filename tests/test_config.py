@@ -162,3 +162,16 @@ def test_mmrec_baseline_configs_keep_mmrec_s_constant_learning_rate(name):
     config = load_config(CONFIGS / 'baselines' / f'{name}.yaml')
     assert config.model_name == name
     assert config.train.lr_decay == 1.0
+
+
+def test_data_parallel_rule_heads_config_yaml():
+    one = load_config(None, [])
+    assert one.train.data_parallel is None and not dump_config(one).startswith('#')
+    two = load_config(None, ['train.nproc=4', 'train.batch_size=2048', 'train.lr=0.001'])
+    note = ('data-parallel: 4 processes, global batch 2048 (512 rows per process), learning '
+            'rate 0.001 as for one process (no scaling rule: the global batch does not change '
+            'with nproc)')
+    assert two.train.data_parallel == note
+    text = dump_config(two)
+    assert text.splitlines()[0] == f'# {note}'
+    assert yaml.safe_load(text) == config_to_dict(two)

@@ -57,7 +57,10 @@ def test_two_processes_match_one_process(even_root, tmp_path):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), key
     for a, b in zip(_rows(tmp_path / 'one' / 'runs.csv'), _rows(tmp_path / 'two' / 'runs.csv')):
         assert float(b['test_recall@20']) == pytest.approx(float(a['test_recall@20']), abs=1e-6)
-    config = yaml.safe_load((tmp_path / 'two' / 'config.yaml').read_text())
+    text = (tmp_path / 'two' / 'config.yaml').read_text()
+    assert text.startswith('# data-parallel: 2 processes, global batch 64 (32 rows per '
+                           'process), learning rate 0.005 as for one process (no scaling rule')
+    config = yaml.safe_load(text)
     assert config['train']['nproc'] == 2 and config['train']['batch_size'] == 64
     # process 1 wrote nothing into the run folder: one checkpoint per run, no stray files
     assert sorted(p.name for p in (tmp_path / 'two' / 'runs').iterdir()) == [

@@ -227,3 +227,18 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_metrics(
         print(f'\nSIGKILL fault test: {survived} kill points survived '
               f'({len(scenarios)} scenarios; call counts {counts})')
     assert survived >= len(scenarios) - len(SEEDS)  # a timed kill may come after the end
+
+
+def test_sigkill_before_the_first_checkpoint_does_not_block_the_plain_rerun(
+        reference, tmp_path, capsys):
+    expected, _, _ = reference
+    out = tmp_path / 'early'
+    assert _run(['train', *ARGS, '--out', str(out)], kill=('epoch', 1, 1.0)) == -signal.SIGKILL
+    left = sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.name != LOCK_FILE)
+    assert left == ['config.yaml', 'runs', 'runs/c000-s999', 'runs/c000-s999/config.yaml']
+    # another configuration is still refused: the folder is not its run's
+    assert main(['train', *ARGS, '--set', 'train.lr=0.02', '--out', str(out)]) == 2
+    assert 'is not empty' in capsys.readouterr().err
+    # the same command, without --resume, replaces what the killed run left and finishes
+    assert _run(['train', *ARGS, '--out', str(out)]) == 0
+    assert results(out) == expected

@@ -237,6 +237,42 @@ def test_cli_bad_fanout_is_one_line(capsys):
     assert len(lines) == 1 and 'train.fanout' in lines[0]
 
 
+@pytest.mark.parametrize('model_name, config, fanout, message', [
+    ('anchorrec', {}, [20, 10, 5], r'has 3 hop\(s\) but AnchorRec propagates 2 user-item '
+                                   r'layer\(s\) \(model\.n_ui_layers=2\)'),
+    ('lightgcn', {'n_layers': 3}, [20, 10], r'has 2 hop\(s\) but LightGCN propagates 3 '
+                                            r'user-item layer\(s\) \(model\.n_layers=3\)'),
+])
+def test_fanout_length_must_match_the_models_layers(tiny_data, model_name, config, fanout,
+                                                    message):
+    from anchorrec_pyg.models import get_model_class
+    cls = get_model_class(model_name)
+    model = cls(tiny_data, cls.Config(**config))
+    with pytest.raises(ConfigError, match=r'^train\.fanout ' + message):
+        Trainer(model, tiny_data, TrainConfig(mode='sampled', fanout=fanout, device='cpu'),
+                EvalConfig(ks=[20]), seed=0)
+
+
+def test_a_model_without_user_item_propagation_takes_any_fanout(tiny_data):
+    from anchorrec_pyg.models import VBPR
+    model = VBPR(tiny_data)
+    assert model.sampled_hops is None
+    Trainer(model, tiny_data, TrainConfig(mode='sampled', fanout=[5], device='cpu', epochs=1),
+            EvalConfig(ks=[20]), seed=0).fit()
+
+
+def test_cli_fanout_of_the_wrong_length_is_one_line(capsys, tmp_path):
+    from anchorrec_pyg.cli import main
+    out = tmp_path / 'run'
+    assert main(['train', '--set', 'data.name=tiny', '--set', 'train.mode=sampled',
+                 '--set', 'train.fanout=[10]', '--device', 'cpu', '--quiet',
+                 '--out', str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ['anchorrec-pyg: error: train.fanout has 1 hop(s) but AnchorRec propagates '
+                     '2 user-item layer(s) (model.n_ui_layers=2): give one fan-out per layer']
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_refusing_model_names_its_reason(tiny_data):
     from anchorrec_pyg.models import FREEDOM
     model = FREEDOM(tiny_data)

@@ -25,6 +25,8 @@ default, which a model overrides where it differs:
   positive pairs (``neg`` is ``None``);
 * ``sampled_refusal`` (default ``None``): ``None`` means the model can train on a sampled
   subgraph ``HeteroData`` (node ids in ``n_id``), otherwise a one-line reason why it cannot;
+* ``sampled_hops`` (default ``None``): the user-item hops a sampled subgraph needs (the
+  graph models: their LightGCN layers), which ``train.fanout`` must match;
 * :meth:`RecModel.on_epoch_start` (default: nothing): called by the trainer before every
   training epoch with the run's random generator;
 * :meth:`RecModel.project` (default: no views): projection-domain item views the analyses
@@ -313,6 +315,14 @@ class RecModel(torch.nn.Module, ABC):
     #: ids in ``data[node_type].n_id``); otherwise a one-line reason why it cannot, which the
     #: trainer reports when sampled training is asked for.
     sampled_refusal: ClassVar[str | None] = None
+
+    @property
+    def sampled_hops(self) -> int | None:
+        """The user-item hops a sampled subgraph needs, one per propagation layer over the
+        user-item graph (``train.fanout`` must have this many entries); ``None`` (default): the
+        model does not propagate over that graph (it reads the seeds' rows only), so any number
+        of hops trains the same model."""
+        return None
 
     def node_tables(self) -> dict[str, torch.nn.Parameter]:
         """The trainable tables with one row per user or per item that the model gathers by

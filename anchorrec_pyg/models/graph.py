@@ -161,6 +161,12 @@ class GraphRecModel(RecModel):
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
 
+    @property
+    def sampled_hops(self) -> int | None:
+        """``L``: the seeds' collaborative view needs their ``L``-hop user-item neighbourhood
+        (the modality views need one hop, within it); ``None`` for ``L = 0``."""
+        return self.config.ui_layers or None
+
     def collaborative(self, data: HeteroData, adj: Adjacency | None = None) -> CollaborativeView:
         """The ID rows of ``data``'s users and items (``n_id`` on a subgraph) and their
         collaborative view ``C`` on ``adj`` (default: the data's user-item graph, SPEC §2)."""

@@ -47,7 +47,7 @@ from anchorrec_pyg.config import (
     load_config,
     run_identity,
 )
-from anchorrec_pyg.errors import CheckpointError, ConfigError
+from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import (
     LOCK_FILE,
     atomic_write_text,
@@ -182,11 +182,37 @@ class ExperimentRunner:
                 raise ConfigError(f'{config_path}: the run being resumed has another '
                                   f'configuration ({diff}); resume without --config/--set or '
                                   f'pass the same ones')
+        elif self._killed_before_checkpoint():
+            logger.info('%s: removing what a run of this configuration killed before its '
+                        'first checkpoint left', self.out)
+            self._remove_unfinished()
         elif any(entry.name != LOCK_FILE and not is_temporary(entry)
                  for entry in self.out.iterdir()):
             raise ConfigError(f'output folder {self.out} is not empty; pass --resume to '
                               f'continue the run in it or choose another --out')
         remove_temporary_files(self.out)
+
+    def _killed_before_checkpoint(self) -> bool:
+        r"""Whether :obj:`out` holds exactly what a fresh run of this configuration writes
+        before its first checkpoint (``config.yaml`` and ``runs/<id>/config.yaml``, plus the
+        lock and temporary files), as a run killed then (SIGKILL: no clean-up) leaves it:
+        nothing to keep, so the plain rerun replaces it."""
+        def entries(folder: Path) -> List[Path]:
+            return [e for e in folder.iterdir() if e.name != LOCK_FILE and not is_temporary(e)]
+
+        top = entries(self.out)
+        runs = self.out / RUNS_DIR
+        if sorted(e.name for e in top) != sorted([CONFIG_FILE, RUNS_DIR]) or not runs.is_dir():
+            return False
+        started = entries(runs)
+        if not started or not all(e.is_dir() and [f.name for f in entries(e)] == [CONFIG_FILE]
+                                  for e in started):
+            return False
+        try:
+            stored = run_identity(config_to_dict(load_config(self.out / CONFIG_FILE)))
+        except AnchorRecError:
+            return False
+        return first_difference(stored, run_identity(config_to_dict(self.config))) is None
 
     def _remove_unfinished(self) -> None:
         r"""After a fresh run failed before its first checkpoint, removes what it wrote (the

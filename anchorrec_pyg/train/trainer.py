@@ -175,6 +175,12 @@ class Trainer:
             if refusal:
                 raise ConfigError(f'train.mode=sampled: {type(model).__name__} cannot train on '
                                   f'sampled subgraphs ({refusal}); use train.mode=full')
+            hops = model.sampled_hops
+            if hops is not None and len(train.fanout) != hops:
+                key = getattr(model.config, 'ui_layers_key', 'n_ui_layers')
+                raise ConfigError(f'train.fanout has {len(train.fanout)} hop(s) but '
+                                  f'{type(model).__name__} propagates {hops} user-item layer(s) '
+                                  f'(model.{key}={hops}): give one fan-out per layer')
             self.batches = SampledBatches(copy.copy(data).cpu(), self.sampler, train.fanout,
                                           self.seed, shard, self.device)
         self.data = data.to(self.device)
@@ -188,9 +194,7 @@ class Trainer:
             raise ConfigError(sparse_nccl_refusal(dist.world))
         self.step: torch.nn.Module = LossStep(self.model)
         if dist.active:
-            logger.info('%sdata-parallel: %d processes, global batch %d (%d per process), '
-                        'lr %g as for one process', self.log_prefix, dist.world,
-                        train.batch_size, self.loss_batch_size, train.lr)
+            logger.info('%s%s', self.log_prefix, train.data_parallel)
             self.step = dist.data_parallel(self.step, self.device,
                                            [f'model.{name}' for name in self.sparse_tables])
         self.evaluator = Evaluator(data, eval.ks, eval.batch_size, progress=progress)
