@@ -221,8 +221,7 @@ def _launch_workers(args: argparse.Namespace, path, overrides: List[str], config
     train, grid = config.train, config.grid
     cuda = train.device.startswith('cuda') or (train.device == 'auto' and
                                                torch.cuda.is_available())
-    sampled_cell = train.sparse_updates is not False and 'sampled' in grid.get('train.mode', [])
-    if cuda and (train.row_sparse or sampled_cell or True in grid.get('train.sparse_updates', [])):
+    if cuda and (train.sparse_updates or True in grid.get('train.sparse_updates', [])):
         raise ConfigError(distributed.sparse_nccl_refusal(train.nproc))
     distributed.free_port(args.master_port)
     # build the processed dataset once, before the processes read it

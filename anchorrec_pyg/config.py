@@ -179,9 +179,11 @@ class TrainConfig:
             feature copies): their gradient holds the subgraph's rows only and
             ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
             (:mod:`anchorrec_pyg.train.optim`). This is *lazy* Adam: the moments of rows not in
-            a step's subgraph are not decayed at that step. ``None`` (default): on in
-            ``'sampled'`` mode, off in ``'full'`` mode (dense Adam, the published optimiser);
-            ``true`` needs ``'sampled'`` (a full-graph step touches every row).
+            a step's subgraph are not decayed at that step. Needs ``'sampled'`` (a full-graph
+            step touches every row). Off by default: on CPU, ``SparseAdam`` costs about 35x
+            fused Adam per row it updates (docs/scale.md), so it pays off only when a batch's
+            subgraph holds a few percent of the tables' rows, which AnchorRec's subgraphs
+            (every item reached through the kNN graphs) do not below about 100x Baby.
         nproc: Data-parallel processes (``anchorrec-pyg train --nproc N``): each draws
             ``batch_size / nproc`` rows of every global batch of ``batch_size`` rows, so the
             learning rate is the one-process rate (no scaling rule: the global batch is
@@ -201,7 +203,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     mode: str = 'full'
     fanout: List[int] = field(default_factory=lambda: [20, 10])
-    sparse_updates: Optional[bool] = None
+    sparse_updates: bool = False
     nproc: int = 1
     dist_timeout_s: float = 1800.0
 
@@ -215,11 +217,6 @@ class TrainConfig:
                 f'({self.batch_size // self.nproc} rows per process), learning rate {self.lr:g} '
                 'as for one process (no scaling rule: the global batch does not change with '
                 'nproc)')
-
-    @property
-    def row_sparse(self) -> bool:
-        r"""Whether the node tables are updated row-sparse (``sparse_updates`` resolved)."""
-        return self.mode == 'sampled' if self.sparse_updates is None else self.sparse_updates
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, 'train.epochs', f'must be >= 1 (got {self.epochs})')

@@ -11,8 +11,9 @@ interactions follow: the same mean per user) and Baby's feature widths (4096/384
 once under ``--data-root``.
 
 **Timing** (one fresh process per size and mode, ``--threads`` threads): the package's trainer
-(model, batch source, optimiser as ``anchorrec-pyg train`` builds them: sampled mode with its
-default row-sparse updates) runs ``--warmup`` + ``--batches`` batches of the first epoch; the
+(model, batch source, optimiser as ``anchorrec-pyg train`` builds them; ``--modes``: ``full``,
+``sampled`` with dense Adam, ``sampled-sparse`` with ``train.sparse_updates``) runs
+``--warmup`` + ``--batches`` batches of the first epoch; the
 mean time of the timed batches (sampling, forward, backward, optimiser step) times the batches
 per epoch is the epoch estimate (the epoch's one-off draw of the permutation and negatives
 falls in the warm-up). Per step: the peak resident memory above the resident memory before the
@@ -102,8 +103,10 @@ def worker(spec: dict) -> dict:
     from anchorrec_pyg.train import Trainer
     from anchorrec_pyg.train.runner import build_model, load_data, required_modalities
     torch.set_num_threads(spec['threads'])
+    mode, _, sparse = spec['mode'].partition('-')
     config = load_config(None, [f"data.root={spec['root']}", f"data.name={spec['name']}",
-                                f"train.mode={spec['mode']}", f"train.fanout={spec['fanout']}",
+                                f'train.mode={mode}', f"train.fanout={spec['fanout']}",
+                                f'train.sparse_updates={str(bool(sparse)).lower()}',
                                 'train.device=cpu', f"train.num_threads={spec['threads']}",
                                 f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]'])
     data = load_data(config.data, required_modalities(config), log=False)
@@ -125,10 +128,12 @@ def worker(spec: dict) -> dict:
     end = time.perf_counter()
     steps = np.diff(np.asarray(timed.stamps[spec['warmup']:] + [end]))
     sizes = np.asarray(timed.sizes[spec['warmup']:], float).mean(axis=0)
+    trainer.batches = timed.source
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    sparse = sum(p.numel() for p in trainer.sparse_tables.values())
+    sparse_rows = sum(p.numel() for p in trainer.sparse_tables.values())
     return {
         'users': int(data['user'].num_nodes), 'items': int(data['item'].num_nodes),
+        'graph_edges': sum(data[et].edge_index.size(1) for et in data.edge_types),
         'interactions': int(data['user', 'interacts', 'item'].edge_index.size(1)),
         'batches_per_epoch': batches_per_epoch, 'timed_batches': len(steps),
         's_per_batch': float(steps.mean()), 's_per_epoch': float(steps.mean()) * batches_per_epoch,
@@ -136,7 +141,7 @@ def worker(spec: dict) -> dict:
         'step_peak_mb': (_status_kb('VmHWM') - mark['rss_kb']) / 1024,
         'peak_rss_mb': max(mark['setup_hwm_kb'], _status_kb('VmHWM')) / 1024,
         'trainable_params': params,
-        'row_sparse_params': sparse, 'sampler': trainer.batches.source.description,
+        'row_sparse_params': sparse_rows, 'sampler': trainer.batches.description,
     }
 
 
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=2, help='untimed batches first')
     parser.add_argument('--batch-size', type=int, default=2048, help='train.batch_size (B)')
     parser.add_argument('--fanout', default='[5,2]', help='train.fanout of sampled mode')
+    parser.add_argument('--modes', default='full,sampled,sampled-sparse',
+                        help='full, sampled (dense Adam), sampled-sparse (train.sparse_updates)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per process')
     parser.add_argument('--no-timing', action='store_true', help='the accuracy runs only')
     parser.add_argument('--no-accuracy', action='store_true', help='the timing only')
@@ -218,8 +225,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(',')]
     data_root, out = Path(args.data_root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    modes = args.modes.split(',')
     print(f'AnchorRec, Baby-shaped synthetic data, size 1 = {base:g} x Baby; B = '
-          f'{args.batch_size}; sampled: fan-out {args.fanout}, row-sparse updates; '
+          f'{args.batch_size}; sampled: fan-out {args.fanout}; modes {modes}; '
           f'{args.threads} thread(s) per process; {os.cpu_count()} CPUs; load average '
           f'{load_average()}', flush=True)
     result = {'base': base, 'sizes': sizes, 'fanout': args.fanout, 'threads': args.threads,
@@ -229,11 +237,11 @@ def main() -> None:
         timing = []
         for size in sizes:
             name = dataset(data_root, base * size)
-            for mode in ('full', 'sampled'):
+            for mode in modes:
                 run = time_one(args, data_root, name, mode)
                 run.update(size=size, data=name, mode=mode, load=load_average())
                 timing.append(run)
-                print(f"  {name} {mode:7s}: {run['s_per_batch']:.3f} s/batch x "
+                print(f"  {name} {mode:14s}: {run['s_per_batch']:.3f} s/batch x "
                       f"{run['batches_per_epoch']} = {run['s_per_epoch']:.1f} s/epoch (load "
                       f"{run['load']})", flush=True)
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
@@ -243,8 +251,7 @@ def main() -> None:
         print('|---|---|---|---|---|---|---|---|---|---|---|')
         for r in timing:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
-            full_edges = next(t['sub_edges'] for t in timing
-                              if t['size'] == r['size'] and t['mode'] == 'full')
+            full_edges = r['graph_edges']
             print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
                   f"{r['interactions']:,} | {r['mode']} | {r['s_per_batch']:.3f} | "
                   f"{r['s_per_epoch']:.1f} | {share(r['sub_users'], r['users'])} | "
@@ -253,7 +260,7 @@ def main() -> None:
         print('\n| mode | growth exponent (s/epoch ~ size^a) | per doubling |')
         print('|---|---|---|')
         exponents = {}
-        for mode in ('full', 'sampled'):
+        for mode in modes:
             rows = [r for r in timing if r['mode'] == mode]
             a = slope([r['size'] for r in rows], [r['s_per_epoch'] for r in rows])
             exponents[mode] = a

@@ -73,7 +73,7 @@ def test_two_processes_match_one_process_with_row_sparse_and_dense_updates(even_
     switched off: MMRec's EmbLoss is a norm of the batch's whole matrix, not a sum over rows,
     so the processes' shares do not add up to it."""
     args = _args(even_root, 'train.epochs=2', 'train.mode=sampled', 'train.fanout=[-1,-1]',
-                 'model.name=vbpr', 'model.reg_weight=0')
+                 'model.name=vbpr', 'model.reg_weight=0', 'train.sparse_updates=true')
     assert main(['train', *args, '--out', str(tmp_path / 'one')]) == 0
     proc = _cli('train', '--nproc', '2', *args, '--out', str(tmp_path / 'two'))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -121,9 +121,7 @@ def test_first_step_lazy_adam_equals_adam_on_the_rows_then_leaves_absent_rows(ti
 
 
 def test_sparse_updates_default_and_refusals():
-    assert TrainConfig(mode='sampled').row_sparse
-    assert not TrainConfig(mode='full').row_sparse
-    assert not TrainConfig(mode='sampled', sparse_updates=False).row_sparse
+    assert not TrainConfig(mode='sampled').sparse_updates
     with pytest.raises(ConfigError, match=r'^train.sparse_updates needs train.mode=sampled'):
         TrainConfig(mode='full', sparse_updates=True)
 
@@ -133,7 +131,10 @@ def test_trainer_optimizers_by_mode(tiny_data):
     full = Trainer(model, tiny_data, TrainConfig(device='cpu'), EvalConfig(ks=[20]), seed=0)
     assert full.optimizer.sparse is None
     assert len(full.optimizer.dense.param_groups[0]['params']) == len(list(model.parameters()))
-    sampled = Trainer(model, tiny_data, TrainConfig(device='cpu', mode='sampled'),
+    assert Trainer(model, tiny_data, TrainConfig(device='cpu', mode='sampled'),
+                   EvalConfig(ks=[20]), seed=0).optimizer.sparse is None
+    sampled = Trainer(model, tiny_data,
+                      TrainConfig(device='cpu', mode='sampled', sparse_updates=True),
                       EvalConfig(ks=[20]), seed=0)
     tables = model.node_tables()
     assert sampled.optimizer.sparse.param_groups[0]['params'] == list(tables.values())
@@ -149,7 +150,8 @@ class ReadsTableWhole(LightGCN):
 
 def test_a_table_read_whole_is_refused_in_one_line(tiny_data):
     model = ReadsTableWhole(tiny_data, LightGCN.Config())
-    trainer = Trainer(model, tiny_data, TrainConfig(device='cpu', mode='sampled', epochs=1),
+    trainer = Trainer(model, tiny_data, TrainConfig(device='cpu', mode='sampled', epochs=1,
+                                                    sparse_updates=True),
                       EvalConfig(ks=[20]), seed=0)
     with pytest.raises(AnchorRecError, match=r'^train.sparse_updates: the table '
                        r'user_embedding.weight got a dense gradient .*sparse_updates=false$'):
@@ -162,7 +164,7 @@ def test_resume_with_sparse_updates_reaches_the_same_final_metrics(tiny_data, tm
         torch.manual_seed(3)
         model = AnchorRec(tiny_data, AnchorRec.Config(embedding_dim=8))
         train = TrainConfig(epochs=3, batch_size=128, lr=0.01, device='cpu', mode='sampled',
-                            fanout=[5, 3])
+                            fanout=[5, 3], sparse_updates=True)
         return Trainer(model, tiny_data, train, EvalConfig(ks=[20]), 3, checkpoint_path=path,
                        run_config={'train': {'mode': 'sampled'}})
 

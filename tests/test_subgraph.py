@@ -181,7 +181,7 @@ def test_sampled_batches_shards_and_local_rows(tiny_data):
         assert not bool(triplets.is_training_pair(glob[0], glob[2]).any())
 
 
-def _fit(data, mode, fanout, epochs=2, sparse_updates=None):
+def _fit(data, mode, fanout, epochs=2, sparse_updates=False):
     torch.manual_seed(0)
     model = LightGCN(data, LightGCN.Config(n_layers=2))
     train = TrainConfig(epochs=epochs, batch_size=64, device='cpu', mode=mode, fanout=fanout,

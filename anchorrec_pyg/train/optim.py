@@ -6,7 +6,7 @@ epoch by :class:`torch.optim.lr_scheduler.LambdaLR`).
   :class:`torch.optim.Adam` over every parameter (fused on CPU and CUDA), the published
   optimiser. Every step reads and writes every row of every table, its gradient and both
   moments, whichever rows the batch touched.
-* **Row-sparse** (``train.sparse_updates``, the default of ``train.mode: sampled``): the
+* **Row-sparse** (``train.sparse_updates``, ``train.mode: sampled`` only): the
   model's node tables (:meth:`~anchorrec_pyg.models.base.RecModel.node_tables`: ID tables and
   trainable feature copies) get sparse gradients holding the subgraph's rows only
   (:func:`~anchorrec_pyg.models.base.row_sparse_gradients`) and are updated by
@@ -19,7 +19,10 @@ epoch by :class:`torch.optim.lr_scheduler.LambdaLR`).
   later, Adam keeps moving a row absent from the batch by its decaying first moment, SparseAdam
   does not. SPEC has no weight decay (the L2 term is in the loss, on the batch's rows), so
   nothing else differs. A step's optimiser work is proportional to the subgraph, not the
-  catalogue.
+  catalogue, but per row it is far dearer: on CPU, SparseAdam (coalescing the gradient, then
+  about twenty unfused passes with fresh temporaries) costs about 35x fused Adam per updated
+  row, so the row-sparse update is the faster one only when a step touches a few percent of
+  the tables' rows (docs/scale.md).
 """
 from __future__ import annotations
 

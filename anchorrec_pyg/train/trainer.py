@@ -189,7 +189,7 @@ class Trainer:
         logger.info('%sbatches: %s', self.log_prefix, self.batches.description)
         # every process's loss divides its L2 term by its share of B (see train.distributed)
         self.loss_batch_size = train.batch_size // dist.world
-        self.sparse_tables = self.model.node_tables() if train.row_sparse else {}
+        self.sparse_tables = self.model.node_tables() if train.sparse_updates else {}
         if self.sparse_tables and dist.active and self.device.type == 'cuda':
             raise ConfigError(sparse_nccl_refusal(dist.world))
         self.step: torch.nn.Module = LossStep(self.model)
