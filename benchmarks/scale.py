@@ -13,13 +13,15 @@ once under ``--data-root``.
 **Timing** (one fresh process per size and mode, ``--threads`` threads): the package's trainer
 (model, batch source, optimiser as ``anchorrec-pyg train`` builds them; ``--modes``: ``full``,
 ``sampled`` with dense Adam, ``sampled-sparse`` with ``train.sparse_updates``) runs
-``--warmup`` + ``--batches`` batches of the first epoch; the
-mean time of the timed batches (sampling, forward, backward, optimiser step) times the batches
-per epoch is the epoch estimate (the epoch's one-off draw of the permutation and negatives
-falls in the warm-up). Per step: the peak resident memory above the resident memory before the
-timed batches (``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's peak; the
-mean subgraph of a batch (users, items, message-passing edges) against the whole graph. The
-growth exponent is the least-squares slope of log(seconds per epoch) on log(size).
+``--warmup`` + ``--batches`` batches of the first epoch; the mean time of the timed batches
+(sampling, forward, backward, optimiser step) times the batches per epoch is the epoch estimate
+(the epoch's one-off draw of the permutation and negatives falls in the warm-up). Both the wall
+time and the process's CPU time are recorded: with one thread on a machine shared with other
+jobs, the CPU time is the step's work and the wall time that plus the waiting, so the growth
+exponent (least-squares slope of log(seconds per epoch) on log(size)) is fitted to the CPU
+time. Per step: the peak resident memory above the resident memory before the timed batches
+(``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's peak; the mean subgraph of
+a batch (users, items, message-passing edges) against the whole graph.
 
 **Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
 once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
@@ -77,6 +79,7 @@ class TimedBatches:
         self.source, self.count, self.warmup = source, count, warmup
         self.on_first_timed = on_first_timed
         self.stamps: list = []
+        self.cpu: list = []
         self.sizes: list = []
 
     def __len__(self) -> int:
@@ -89,6 +92,7 @@ class TimedBatches:
             if index == self.warmup:
                 self.on_first_timed()
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             edges = sum(graph[et].edge_index.size(1) for et in graph.edge_types)
             self.sizes.append((int(graph['user'].num_nodes), int(graph['item'].num_nodes),
                                edges))
@@ -125,8 +129,9 @@ def worker(spec: dict) -> dict:
     timed = TimedBatches(trainer.batches, count, first_timed, spec['warmup'])
     trainer.batches = timed
     trainer._train_epoch(1)
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), time.process_time()
     steps = np.diff(np.asarray(timed.stamps[spec['warmup']:] + [end]))
+    cpu = np.diff(np.asarray(timed.cpu[spec['warmup']:] + [end_cpu]))
     sizes = np.asarray(timed.sizes[spec['warmup']:], float).mean(axis=0)
     trainer.batches = timed.source
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -137,6 +142,8 @@ def worker(spec: dict) -> dict:
         'interactions': int(data['user', 'interacts', 'item'].edge_index.size(1)),
         'batches_per_epoch': batches_per_epoch, 'timed_batches': len(steps),
         's_per_batch': float(steps.mean()), 's_per_epoch': float(steps.mean()) * batches_per_epoch,
+        'cpu_s_per_batch': float(cpu.mean()),
+        'cpu_s_per_epoch': float(cpu.mean()) * batches_per_epoch,
         'sub_users': float(sizes[0]), 'sub_items': float(sizes[1]), 'sub_edges': float(sizes[2]),
         'step_peak_mb': (_status_kb('VmHWM') - mark['rss_kb']) / 1024,
         'peak_rss_mb': max(mark['setup_hwm_kb'], _status_kb('VmHWM')) / 1024,
@@ -166,6 +173,8 @@ def accuracy_one(args, root: Path, name: str, mode: str, seed: int, scratch: Pat
             f'train.checkpoint_every={args.acc_epochs}', f'seeds=[{seed}]', 'train.device=cpu',
             'eval.ks=[20]', f'train.num_threads={args.threads}',
             f'train.batch_size={args.batch_size}']
+    if mode == 'sampled' and args.acc_sparse:
+        sets.append('train.sparse_updates=true')
     command = [sys.executable, '-m', 'anchorrec_pyg.cli', 'train', '--quiet', '--out', str(out)]
     for s in sets:
         command += ['--set', s]
@@ -211,6 +220,8 @@ def main() -> None:
                         help='epochs of the accuracy runs (default 10; --quick 3)')
     parser.add_argument('--seeds', default='999,777', help='seeds of the accuracy runs')
     parser.add_argument('--parallel', type=int, default=1, help='accuracy jobs at a time')
+    parser.add_argument('--acc-sparse', action='store_true',
+                        help='the sampled accuracy runs with train.sparse_updates')
     parser.add_argument('--data-root', default=str(Path(tempfile.gettempdir()) /
                                                    'anchorrec-scale-data'))
     parser.add_argument('--out', default='scale-results', help='folder for scale.json')
@@ -241,28 +252,32 @@ def main() -> None:
                 run = time_one(args, data_root, name, mode)
                 run.update(size=size, data=name, mode=mode, load=load_average())
                 timing.append(run)
-                print(f"  {name} {mode:14s}: {run['s_per_batch']:.3f} s/batch x "
-                      f"{run['batches_per_epoch']} = {run['s_per_epoch']:.1f} s/epoch (load "
-                      f"{run['load']})", flush=True)
+                print(f"  {name} {mode:14s}: CPU {run['cpu_s_per_batch']:.3f} s/batch x "
+                      f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} s/epoch "
+                      f"(wall {run['s_per_batch']:.3f} s/batch; load {run['load']}); subgraph "
+                      f"{run['sub_users']:,.0f} users, {run['sub_items']:,.0f} items, "
+                      f"{run['sub_edges']:,.0f} edges; step peak {run['step_peak_mb']:.0f} MB",
+                      flush=True)
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
-        print('\n| x Baby | users / items / interactions | mode | s/batch | s/epoch (est.) '
-              '| subgraph users | subgraph items | subgraph edges | step peak MB | peak RSS MB '
-              '| load |')
-        print('|---|---|---|---|---|---|---|---|---|---|---|')
+        print('\n| x Baby | users / items / interactions | mode | CPU s/batch | CPU s/epoch '
+              '(est.) | wall s/batch | subgraph users | subgraph items | subgraph edges '
+              '| step peak MB | peak RSS MB | load |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|---|')
         for r in timing:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
             full_edges = r['graph_edges']
             print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
-                  f"{r['interactions']:,} | {r['mode']} | {r['s_per_batch']:.3f} | "
-                  f"{r['s_per_epoch']:.1f} | {share(r['sub_users'], r['users'])} | "
+                  f"{r['interactions']:,} | {r['mode']} | {r['cpu_s_per_batch']:.3f} | "
+                  f"{r['cpu_s_per_epoch']:.1f} | {r['s_per_batch']:.3f} | "
+                  f"{share(r['sub_users'], r['users'])} | "
                   f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
                   f"| {r['step_peak_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['load']} |")
-        print('\n| mode | growth exponent (s/epoch ~ size^a) | per doubling |')
+        print('\n| mode | growth exponent (CPU s/epoch ~ size^a) | per doubling |')
         print('|---|---|---|')
         exponents = {}
         for mode in modes:
             rows = [r for r in timing if r['mode'] == mode]
-            a = slope([r['size'] for r in rows], [r['s_per_epoch'] for r in rows])
+            a = slope([r['size'] for r in rows], [r['cpu_s_per_epoch'] for r in rows])
             exponents[mode] = a
             print(f'| {mode} | {a:.2f} | {2 ** a:.2f}x |')
         result.update(timing=timing, exponents=exponents)
@@ -276,7 +291,9 @@ def main() -> None:
                 lambda job: accuracy_one(args, data_root, name, job[0], job[1], Path(scratch)),
                 jobs))
         print(f'\nvalidation Recall@20 after {args.acc_epochs} epochs, {base * sizes[0]:g} x '
-              f'Baby, {args.parallel} job(s) at a time (load average {load_average()}):')
+              f'Baby, sampled: fan-out {args.fanout}, '
+              f"{'row-sparse' if args.acc_sparse else 'dense'} updates; {args.parallel} job(s) "
+              f'at a time (load average {load_average()}):')
         print('| mode | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | s/epoch |')
         print('|---|' + '---|' * (len(seeds) + 2))
         means = {}
