@@ -180,7 +180,7 @@ class TrainConfig:
             ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
             (:mod:`anchorrec_pyg.train.optim`). This is *lazy* Adam: the moments of rows not in
             a step's subgraph are not decayed at that step. Needs ``'sampled'`` (a full-graph
-            step touches every row). Off by default: on CPU, ``SparseAdam`` costs about 35x
+            step touches every row). Off by default: on CPU, ``SparseAdam`` costs 20-35x
             fused Adam per row it updates (docs/scale.md), so it pays off only when a batch's
             subgraph holds a few percent of the tables' rows, which AnchorRec's subgraphs
             (every item reached through the kNN graphs) do not below about 100x Baby.

@@ -20,7 +20,7 @@ epoch by :class:`torch.optim.lr_scheduler.LambdaLR`).
   does not. SPEC has no weight decay (the L2 term is in the loss, on the batch's rows), so
   nothing else differs. A step's optimiser work is proportional to the subgraph, not the
   catalogue, but per row it is far dearer: on CPU, SparseAdam (coalescing the gradient, then
-  about twenty unfused passes with fresh temporaries) costs about 35x fused Adam per updated
+  about twenty unfused passes with fresh temporaries) costs 20-35x fused Adam per updated
   row, so the row-sparse update is the faster one only when a step touches a few percent of
   the tables' rows (docs/scale.md).
 """
