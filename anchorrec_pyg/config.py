@@ -526,12 +526,32 @@ def run_identity(raw: Dict[str, Any]) -> Dict[str, Any]:
 def resolved_identity(raw: Dict[str, Any]) -> Dict[str, Any]:
     r"""The :func:`run_identity` of a stored configuration after validation: a key it does not
     hold counts as its default, so a run folder written before a key existed resumes as the
-    same run.
+    same run; except the model's ``Config.stored_defaults``, keys whose default changed what
+    the model computes, which count as the value such a folder was trained with (so that
+    resuming it under the new default is refused, naming the key).
 
     Raises:
         ConfigError: If :obj:`raw` is not a valid configuration (naming the key).
     """
+    from anchorrec_pyg.models.registry import get_model_class
+    model_raw = raw.get('model') if isinstance(raw, dict) else None
+    if isinstance(model_raw, dict) and isinstance(model_raw.get('name', DEFAULT_MODEL), str):
+        stored = get_model_class(model_raw.get('name', DEFAULT_MODEL)).Config.stored_defaults
+        raw = {**raw, 'model': {**stored, **model_raw}}
     return run_identity(config_to_dict(config_from_dict(raw)))
+
+
+def stored_identity(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    r""":func:`resolved_identity` of the configuration file a run folder holds.
+
+    Raises:
+        ConfigError: Naming the file and the key.
+    """
+    raw = _read_yaml(path)
+    try:
+        return resolved_identity(raw)
+    except ConfigError as e:
+        raise ConfigError(f'{path}: {e}') from None
 
 
 def first_difference(a: Any, b: Any, prefix: str = '') -> Optional[str]:

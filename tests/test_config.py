@@ -11,8 +11,12 @@ from anchorrec_pyg.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    first_difference,
     load_config,
     parse_override,
+    resolved_identity,
+    run_identity,
+    stored_identity,
 )
 from anchorrec_pyg.errors import ConfigError
 from anchorrec_pyg.models import get_model_class
@@ -175,3 +179,30 @@ def test_data_parallel_rule_heads_config_yaml():
     text = dump_config(two)
     assert text.splitlines()[0] == f'# {note}'
     assert yaml.safe_load(text) == config_to_dict(two)
+
+
+@pytest.mark.parametrize('model', ['anchorrec', 'alignrec'])
+def test_stored_config_without_a_behaviour_key_counts_as_its_old_value(tmp_path, model):
+    """A run folder written before ``model.raw_from_files`` existed trained on the file rows:
+    its stored config reads as ``raw_from_files: true`` (not the new default), so resuming it
+    with today's defaults names the key; a key without a changed meaning still counts as its
+    default, and a stored config that states the key keeps its value."""
+    current = config_to_dict(config_from_dict({'model': {'name': model}}))
+    old = {'model': {k: v for k, v in current['model'].items() if k != 'raw_from_files'},
+           'train': {k: v for k, v in current['train'].items() if k != 'mode'}}
+    path = tmp_path / 'config.yaml'
+    path.write_text(yaml.safe_dump(old))
+    stored = stored_identity(path)
+    assert stored['model']['raw_from_files'] is True
+    assert stored['train']['mode'] == current['train']['mode']
+    assert first_difference(stored, run_identity(current)) == (
+        'model.raw_from_files: True != False')
+    assert first_difference(resolved_identity(current), run_identity(current)) is None
+    assert resolved_identity(old)['model']['raw_from_files'] is True
+
+
+def test_stored_identity_errors_name_the_file(tmp_path):
+    path = tmp_path / 'config.yaml'
+    path.write_text('model:\n  name: anchorrec\n  tau: -1\n')
+    with pytest.raises(ConfigError, match=r'config\.yaml: model\.tau must be > 0'):
+        stored_identity(path)

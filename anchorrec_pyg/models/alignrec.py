@@ -101,6 +101,9 @@ class AlignRec(GraphRecModel):
         feature_layernorm: bool = False
         similarity_cache_mb: float = 256.0
 
+        #: Run folders written before ``raw_from_files`` existed read the file rows.
+        stored_defaults = {'raw_from_files': True}
+
         def validate(self) -> None:
             self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
             self.require(self.tau > 0, 'tau', 'must be > 0')

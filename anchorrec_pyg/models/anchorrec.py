@@ -144,6 +144,9 @@ class AnchorRec(GraphRecModel):
         similarity_cache_mb: float = 128.0
         feature_grad_buffer: bool = True
 
+        #: Run folders written before ``raw_from_files`` existed read the file rows.
+        stored_defaults = {'raw_from_files': True}
+
         def validate(self) -> None:
             self.require(self.n_layers >= 1, 'n_layers', 'must be >= 1')
             self.require(self.tau > 0, 'tau', 'must be > 0')

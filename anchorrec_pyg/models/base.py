@@ -55,7 +55,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -116,6 +116,12 @@ class ModelConfig:
                 raise ConfigError(f'model.{f.name} must be of type {expected.__name__}, '
                                   f'got {value!r}')
         self.validate()
+
+    #: Keys added with a default that changed what the model computes: key -> the value that
+    #: a stored run configuration written before the key existed was trained with.
+    #: :func:`~anchorrec_pyg.config.resolved_identity` fills these in (instead of the
+    #: default) before a resumed or reread run is compared with the current configuration.
+    stored_defaults: ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> None:
         """Range checks of the subclass; raise :class:`ConfigError` via :meth:`require`."""

@@ -44,8 +44,8 @@ from anchorrec_pyg.config import (
     config_to_dict,
     dump_config,
     first_difference,
-    load_config,
     run_identity,
+    stored_identity,
 )
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import (
@@ -176,7 +176,7 @@ class ExperimentRunner:
         if self.resume:
             if not config_path.is_file():
                 raise CheckpointError(f'{self.out}: nothing to resume (no {CONFIG_FILE})')
-            diff = first_difference(run_identity(config_to_dict(load_config(config_path))),
+            diff = first_difference(stored_identity(config_path),
                                     run_identity(config_to_dict(self.config)))
             if diff is not None:
                 raise ConfigError(f'{config_path}: the run being resumed has another '
@@ -209,7 +209,7 @@ class ExperimentRunner:
                                   for e in started):
             return False
         try:
-            stored = run_identity(config_to_dict(load_config(self.out / CONFIG_FILE)))
+            stored = stored_identity(self.out / CONFIG_FILE)
         except AnchorRecError:
             return False
         return first_difference(stored, run_identity(config_to_dict(self.config))) is None
