@@ -58,3 +58,17 @@ def office_root() -> Path:
     if not (OFFICE_DIR / 'office.inter').is_file():
         pytest.skip(f'real Office data not found at {OFFICE_DIR}')
     return OFFICE_DIR
+
+
+@pytest.fixture
+def xavier_inits(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    r"""The tensors :func:`torch.nn.init.xavier_uniform_` initialises from now on, in order."""
+    calls: list[torch.Tensor] = []
+    original = torch.nn.init.xavier_uniform_
+
+    def spy(tensor, *args, **kwargs):
+        calls.append(tensor)
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
+    return calls

@@ -148,20 +148,13 @@ def test_similarity_target_reads_the_trained_copy_or_with_the_switch_the_file_ro
                                terms['sim'])
 
 
-def test_only_the_id_tables_are_xavier_and_p_g_keep_the_default_init(monkeypatch):
+def test_only_the_id_tables_are_xavier_and_p_g_keep_the_default_init(xavier_inits):
     """SPEC §7: P and G keep PyTorch's default Linear initialisation, as published."""
     model, _ = make_model()
-    xavier = []
-    original = torch.nn.init.xavier_uniform_
-
-    def spy(tensor, *args, **kwargs):
-        xavier.append(tensor)
-        return original(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
+    xavier_inits.clear()
     model.reset_parameters()
-    assert {id(t) for t in xavier} == {id(model.user_embedding.weight),
-                                       id(model.item_embedding.weight)}
+    assert {id(t) for t in xavier_inits} == {id(model.user_embedding.weight),
+                                             id(model.item_embedding.weight)}
     for linear in (model.modality_conv.gated.proj, model.modality_conv.gated.gate):
         bound = 1.0 / linear.in_features**0.5
         assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound

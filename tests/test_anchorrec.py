@@ -302,20 +302,13 @@ def test_the_similarity_cache_refuses_a_trained_copy():
     torch.testing.assert_close(cached.block, expected @ expected.t())
 
 
-def test_projection_and_gate_keep_the_default_init_and_the_heads_are_xavier(monkeypatch):
+def test_projection_and_gate_keep_the_default_init_and_the_heads_are_xavier(xavier_inits):
     """SPEC §3: Xavier-uniform for Eu, Ei, Wid, Wmm, Dmm, Wv, Wt only; P_m and G_m keep
     PyTorch's default Linear initialisation (the published code never re-initialises them)."""
     model, _ = make_model()
-    xavier = []
-    original = torch.nn.init.xavier_uniform_
-
-    def spy(tensor, *args, **kwargs):
-        xavier.append(tensor)
-        return original(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
+    xavier_inits.clear()
     model.reset_parameters()
-    got = {id(t) for t in xavier}
+    got = {id(t) for t in xavier_inits}
     heads = model.projection
     expected = {model.user_embedding.weight, model.item_embedding.weight}
     for head in (heads.id_head, heads.anchor_head, heads.decoder, heads.image_head,
