@@ -72,3 +72,20 @@ def xavier_inits(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
 
     monkeypatch.setattr(torch.nn.init, 'xavier_uniform_', spy)
     return calls
+
+
+@pytest.fixture
+def similarity_builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    r"""The tables the models' similarity cache builds a
+    :class:`~anchorrec_pyg.losses.PackedCosineSimilarity` for from now on, in order."""
+    import anchorrec_pyg.models.similarity as similarity
+    from anchorrec_pyg.losses import PackedCosineSimilarity
+    built: list[torch.Tensor] = []
+
+    class Counted(PackedCosineSimilarity):
+        def __init__(self, table: torch.Tensor) -> None:
+            built.append(table)
+            super().__init__(table)
+
+    monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
+    return built

@@ -13,7 +13,6 @@ from test_anchorrec import (
 )
 
 from anchorrec_pyg.errors import ConfigError, DataError
-from anchorrec_pyg.losses import PackedCosineSimilarity
 from anchorrec_pyg.models import AlignRec, RecOutput, get_model_class
 from anchorrec_pyg.nn import LightGCNEncoder, ModalityConv
 
@@ -107,18 +106,10 @@ def test_loss_matches_hand_computation_term_by_term_and_gradients():
 
 @pytest.mark.parametrize('raw_from_files', [False, True])
 def test_similarity_target_reads_the_trained_copy_or_with_the_switch_the_file_rows(
-        raw_from_files, monkeypatch):
+        raw_from_files, similarity_builds):
     """SPEC §7 (as §4): published, the sim target reads the trainable copy's current values
     (shared storage); ``raw_from_files`` reads the file's rows. Only file rows are cached."""
-    import anchorrec_pyg.models.similarity as similarity
-    built = []
-
-    class Counted(PackedCosineSimilarity):
-        def __init__(self, table):
-            built.append(table)
-            super().__init__(table)
-
-    monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
+    built = similarity_builds
     model, data = make_model(cl_weight=0.0, uia_weight=0.0, reg_weight=0.0,
                              raw_from_files=raw_from_files)
     with torch.no_grad():

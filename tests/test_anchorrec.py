@@ -251,19 +251,10 @@ def test_aal_mixture_and_amp_targets_read_the_trained_copies_or_the_file_rows(ra
         torch.testing.assert_close(g, rg)
 
 
-def test_only_fixed_rows_are_cached(monkeypatch):
+def test_only_fixed_rows_are_cached(similarity_builds):
     """The I x I cache is built once, for the file rows (``raw_from_files``) or the frozen
     copies (``freeze_features``), never for the trained copies (the default)."""
-    import anchorrec_pyg.models.similarity as similarity
-    from anchorrec_pyg.losses import PackedCosineSimilarity
-    built = []
-
-    class Counted(PackedCosineSimilarity):
-        def __init__(self, table):
-            built.append(table)
-            super().__init__(table)
-
-    monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
+    built = similarity_builds
     for options in (dict(), dict(raw_from_files=True), dict(freeze_features=True)):
         built.clear()
         model, data = make_model(amp_weight=0.1, **options)
