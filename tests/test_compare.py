@@ -296,7 +296,7 @@ def test_rerun_resumes_without_training(finished, tiny_mmrec_root, monkeypatch, 
 
 
 def test_a_folder_written_before_a_key_existed_resumes(finished, tiny_mmrec_root, tmp_path,
-                                                         monkeypatch, capsys):
+                                                       monkeypatch, capsys):
     """compare.json, config.yaml and checkpoints without train.mode (a key added later, at its
     default) are the same runs: nothing is trained again; a changed value is still refused."""
     out = tmp_path / 'cmp'
