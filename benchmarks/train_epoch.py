@@ -31,6 +31,7 @@ from the data's shapes and the batch's distinct positives (the arithmetic is pri
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -95,7 +96,9 @@ def interleaved(args: argparse.Namespace, variants: list[str]) -> dict[str, floa
     sampler = TripletSampler(data[USER_ITEM].edge_index,
                              int(data['item'].num_nodes), BATCH)
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for batch, (users, pos, neg) in enumerate(sampler.epoch(torch.Generator().manual_seed(0))):
+    batches = (b for epoch in itertools.count()  # as many epochs as it takes (tiny: 1 batch each)
+               for b in sampler.epoch(torch.Generator().manual_seed(epoch)))
+    for batch, (users, pos, neg) in enumerate(batches):
         if batch > args.interleave:
             break
         order = variants if batch % 2 else variants[::-1]

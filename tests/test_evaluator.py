@@ -74,6 +74,23 @@ def test_rank_topk_excludes_training_items(tiny_data, model):
     assert torch.equal(raw[:, 0], (out.user @ out.item.T).argmax(dim=1))
 
 
+def test_rank_topk_pads_past_the_last_candidate(tiny_data, model):
+    """k = every item: a user's candidates (items outside training) come first, each once; the
+    positions past them are item -1 with score -inf, never a training item."""
+    store = tiny_data['user', 'interacts', 'item']
+    num_items = tiny_data['item'].num_nodes
+    users = torch.arange(tiny_data['user'].num_nodes)
+    items, scores = rank_topk(model, tiny_data, users, k=num_items)
+    train = [set() for _ in range(users.numel())]
+    for u, i in store.edge_index.t().tolist():
+        train[u].add(i)
+    for u in users.tolist():
+        n = num_items - len(train[u])
+        assert set(items[u, :n].tolist()) == set(range(num_items)) - train[u]
+        assert torch.isfinite(scores[u, :n]).all()
+        assert items[u, n:].eq(-1).all() and scores[u, n:].eq(float('-inf')).all()
+
+
 def test_users_are_those_with_held_out_items(tiny_data):
     store = tiny_data['user', 'interacts', 'item']
     evaluator = Evaluator(tiny_data)

@@ -231,7 +231,8 @@ class Evaluator:
     ) -> Tuple[Tensor, Tensor]:
         r"""Returns the top-:obj:`k` items ``[n, k]`` of every user in :obj:`users` and their
         scores, training items excluded unless :obj:`exclude_train` is :obj:`False`. :obj:`k` is
-        capped at the number of items."""
+        capped at the number of items; a user with fewer than :obj:`k` items outside training
+        gets item ``-1`` with score ``-inf`` in the positions past them (as faiss pads)."""
         score_fn = as_score_fn(scorer, data, reuse_buffer=True)
         users = torch.as_tensor(users, dtype=torch.long).view(-1).cpu()
         k = min(int(k), self.num_items)
@@ -242,7 +243,8 @@ class Evaluator:
             if exclude_train:
                 scores = self.mask_training_items(scores, batch)
             top = scores.topk(k, dim=-1)
-            items.append(top.indices.cpu())
+            indices = top.indices.masked_fill(top.values == float('-inf'), -1)
+            items.append(indices.cpu())
             values.append(top.values.cpu())
         if not items:
             return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
@@ -296,7 +298,8 @@ def rank_topk(
     exclude_train: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     r"""The top-:obj:`k` recommendations ``(items [n, k], scores [n, k])`` of :obj:`users`,
-    training items excluded. See :class:`Evaluator`."""
+    training items excluded (item ``-1``, score ``-inf`` past a user's last candidate). See
+    :meth:`Evaluator.rank`."""
     users = torch.as_tensor(users, dtype=torch.long).view(-1)
     evaluator = Evaluator(data, (max(int(k), 1), ), batch_size)
     return evaluator.rank(scorer, data, users, k, exclude_train)
