@@ -438,6 +438,20 @@ def _chunk_key(encoder_id: str, payload: Sequence[str]) -> str:
     return digest.hexdigest()[:24]
 
 
+def _zero_filled(dim: int, present: List[bool], encode_rows: Callable[[List[int]], np.ndarray]
+                 ) -> Callable[[int, int], np.ndarray]:
+    r"""An ``encode(start, stop)`` for :func:`_encode_table`: a ``[stop - start, dim]`` block of
+    zeros whose rows that :obj:`present` marks are ``encode_rows(those rows)`` (an item without
+    text, or whose image could not be read, keeps a zero row)."""
+    def encode(start: int, stop: int) -> np.ndarray:
+        block = np.zeros((stop - start, dim), dtype=np.float32)
+        rows = [r for r in range(start, stop) if present[r]]
+        if rows:
+            block[[r - start for r in rows]] = encode_rows(rows)
+        return block
+    return encode
+
+
 def _encode_table(target: Path, cache: Path, kind: str, encoder_id: str, dim: int,
                   payloads: List[List[str]], encode: Callable[[int, int], np.ndarray],
                   chunk_size: int, progress: bool) -> None:
@@ -650,27 +664,15 @@ def featurize(opts: FeaturizeOptions, root: str | os.PathLike, name: str,
         _write_map(data_dir / ITEM_MAP, cat.items)
         if 'text' in encoders:
             enc = encoders['text']
-
-            def encode_text(start: int, stop: int) -> np.ndarray:
-                block = np.zeros((stop - start, enc.dim), dtype=np.float32)
-                rows = [r for r in range(start, stop) if texts[r]]
-                if rows:
-                    block[[r - start for r in rows]] = enc.encode([texts[r] for r in rows])
-                return block
-
+            encode_text = _zero_filled(enc.dim, [bool(t) for t in texts],
+                                       lambda rows, e=enc: e.encode([texts[r] for r in rows]))
             _encode_table(data_dir / 'text_feat.npy', cache, 'text', enc.id, enc.dim,
                           [[t] for t in texts], encode_text, opts.chunk_size, progress)
         if 'image' in encoders:
             enc = encoders['image']
-
-            def encode_image(start: int, stop: int) -> np.ndarray:
-                block = np.zeros((stop - start, enc.dim), dtype=np.float32)
-                rows = [r for r in range(start, stop) if ok[r]]
-                if rows:
-                    block[[r - start for r in rows]] = enc.encode(
-                        _load_images([image_paths[r] for r in rows]))
-                return block
-
+            encode_image = _zero_filled(
+                enc.dim, ok,
+                lambda rows, e=enc: e.encode(_load_images([image_paths[r] for r in rows])))
             _encode_table(data_dir / 'image_feat.npy', cache, 'image', enc.id, enc.dim,
                           [image_payload(r) for r in range(len(texts))], encode_image,
                           opts.chunk_size, progress)
