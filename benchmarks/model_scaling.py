@@ -78,7 +78,7 @@ def run_child(model_name: str, scale: int, root: str, batches: int, threads: int
     setup_s = time.perf_counter() - start
     sampler = TripletSampler(data['user', 'interacts', 'item'].edge_index,
                              int(data['item'].num_nodes), BATCH,
-                             with_negatives=getattr(model, 'needs_negatives', True))
+                             with_negatives=model.needs_negatives)
     model.train()
     steps = []
     for batch in sampler.epoch(torch.Generator().manual_seed(0)):

@@ -20,7 +20,7 @@ def test_model_trains_on_a_sampled_subgraph_or_refuses(tiny_data, name):
     cls = MODELS[name]
     torch.manual_seed(0)
     model = cls(tiny_data, cls.Config())
-    refusal = getattr(cls, 'sampled_refusal', None)
+    refusal = cls.sampled_refusal
     if refusal:
         assert '\n' not in refusal
         with pytest.raises(ConfigError, match='train.mode=sampled') as info:
@@ -32,12 +32,11 @@ def test_model_trains_on_a_sampled_subgraph_or_refuses(tiny_data, name):
     num = {'user': int(tiny_data['user'].num_nodes), 'item': int(tiny_data['item'].num_nodes)}
     triplets = TripletSampler(tiny_data['user', 'interacts', 'item'].edge_index, num['item'],
                               batch_size=4,
-                              with_negatives=getattr(model, 'needs_negatives', True))
+                              with_negatives=model.needs_negatives)
     batches = SampledBatches(tiny_data, triplets, [2, 1], seed=0)
     sub, users, pos, neg = next(batches.epoch(torch.Generator().manual_seed(0), 1))
     assert sub['item'].num_nodes < num['item'] or sub['user'].num_nodes < num['user']
-    if hasattr(model, 'on_epoch_start'):
-        model.on_epoch_start(tiny_data, 1, torch.Generator().manual_seed(0))
+    model.on_epoch_start(tiny_data, 1, torch.Generator().manual_seed(0))
     model.train()
     out = model(sub)
     assert out.user.size(0) == sub['user'].num_nodes

@@ -34,7 +34,6 @@ from anchorrec_pyg.models.base import (
     RecOutput,
     feature_copies,
     require_knn_graphs,
-    rows,
 )
 from anchorrec_pyg.models.graph import GraphModelConfig
 from anchorrec_pyg.nn.latent_graph import LatentItemGraph, propagate_edges
@@ -192,7 +191,7 @@ class LATTICE(RecModel):
         neg: Tensor,
         batch_size: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        u, p, n = rows(out.user, users), rows(out.item, pos), rows(out.item, neg)
+        u, p, n = self.batch_rows(out, users, pos, neg)
         bpr = self.bpr((u * p).sum(-1), (u * n).sum(-1))
         reg = self.config.reg_weight * self.l2(
             u, p, n, batch_size=batch_size if batch_size is not None else users.numel())
