@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data import MMRecDataset, generate_synthetic
 from anchorrec_pyg.data.mmrec import HOME_ENV
@@ -89,3 +90,17 @@ def similarity_builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
 
     monkeypatch.setattr(similarity, 'PackedCosineSimilarity', Counted)
     return built
+
+
+@pytest.fixture
+def popularity_example():
+    r"""The popularity worked example: 3 users, 4 items; training counts item 0: 2, item 1: 1,
+    item 2: 1, item 3: 0 (popularity order 0, 1, 2, 3); test user 0 -> {2, 3}, user 1 -> {2};
+    valid user 2 -> {0}."""
+    data = HeteroData()
+    data['user'].num_nodes, data['item'].num_nodes = 3, 4
+    store = data['user', 'interacts', 'item']
+    store.edge_index = torch.tensor([[0, 1, 1, 2], [0, 0, 1, 2]])
+    store.test_edge_index = torch.tensor([[0, 0, 1], [2, 3, 2]])
+    store.val_edge_index = torch.tensor([[2], [0]])
+    return data

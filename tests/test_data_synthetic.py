@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data import (
     PRESETS,
@@ -105,16 +104,10 @@ def test_baby_preset_has_baby_shape():
     assert (p.image_dim, p.text_dim, p.mm_dim) == (4096, 384, 768)
 
 
-def test_popularity_recall_worked_example():
-    data = HeteroData()
-    data['user'].num_nodes, data['item'].num_nodes = 3, 4
-    store = data['user', 'interacts', 'item']
-    # training counts: item 0: 2, item 1: 1, item 2: 1, item 3: 0
-    store.edge_index = torch.tensor([[0, 1, 1, 2], [0, 0, 1, 2]])
+def test_popularity_recall_worked_example(popularity_example):
+    data = popularity_example
     # user 0 (item 0 masked) ranks 1, 2, 3: test {2, 3} -> recall@1 0, @2 1/2.
     # user 1 (items 0, 1 masked) ranks 2, 3: test {2} -> recall@1 1.
-    store.test_edge_index = torch.tensor([[0, 0, 1], [2, 3, 2]])
-    store.val_edge_index = torch.tensor([[2], [0]])
     assert popularity_recall(data, k=1) == pytest.approx((0 + 1) / 2)
     assert popularity_recall(data, k=2) == pytest.approx((0.5 + 1) / 2)
     assert popularity_recall(data, k=1, split='valid') == pytest.approx(1.0)

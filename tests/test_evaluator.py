@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data import popularity_recall
 from anchorrec_pyg.errors import ConfigError
@@ -119,17 +118,11 @@ def test_recoutput_scores_are_dot_products(tiny_data):
     assert a == b
 
 
-def test_popularity_scorer_worked_example():
+def test_popularity_scorer_worked_example(popularity_example):
     """Items ranked by training count, ties by lower id, each user's training items masked: the
     worked example of ``popularity_recall`` (tests/test_data_synthetic.py), through the
     evaluator."""
-    data = HeteroData()
-    data['user'].num_nodes, data['item'].num_nodes = 3, 4
-    store = data['user', 'interacts', 'item']
-    # training counts: item 0: 2, item 1: 1, item 2: 1, item 3: 0 -> order 0, 1, 2, 3
-    store.edge_index = torch.tensor([[0, 1, 1, 2], [0, 0, 1, 2]])
-    store.test_edge_index = torch.tensor([[0, 0, 1], [2, 3, 2]])
-    store.val_edge_index = torch.tensor([[2], [0]])
+    data = popularity_example
     scorer = PopularityScorer(data)
     assert scorer.score.tolist() == [4.0, 3.0, 2.0, 1.0]
     evaluator = Evaluator(data, ks=(1, 2))
