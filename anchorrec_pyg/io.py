@@ -16,6 +16,8 @@ writer above it (data caches, checkpoints, run folders, analysis outputs):
 * :func:`lock_folder` takes an exclusive OS lock (:func:`fcntl.flock`) on a folder's ``.lock``
   file: a second process is refused with the holder's pid, and a crash releases the lock (the
   OS closes the file), so a lock file left behind never blocks a rerun.
+* :func:`make_staging_folder` gives a writer of a whole folder a hidden sibling to build it in;
+  under the writer's lock, :func:`remove_staging_folders` clears those a killed writer left.
 
 A failure to write (a read-only folder, a file where a folder is expected, a full disk) raises
 :class:`~anchorrec_pyg.errors.OutputError` with one line naming the path.
@@ -25,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 import zipfile
 from datetime import datetime
@@ -192,16 +196,31 @@ def atomic_write_text(path: PathLike, text: str, checksum: bool = False) -> None
     atomic_write(path, lambda f: f.write(text.encode('utf-8')), checksum=checksum)
 
 
-def make_staging_folder(parent: PathLike, prefix: str) -> Path:
-    r"""A new hidden folder in :obj:`parent` (``<prefix><random>``) to build a whole folder in,
-    then move into place with :func:`os.replace`; its mode is ``0o777 & ~umask`` like any
-    folder the user creates (a bare :func:`tempfile.mkdtemp` folder would be ``0700``)."""
+def _staging_prefix(name: str) -> str:
+    return f'.{name}.tmp-'
+
+
+def make_staging_folder(parent: PathLike, name: str) -> Path:
+    r"""A new hidden folder ``<parent>/.<name>.tmp-<random>`` to build the folder (or folders)
+    ``<parent>/<name>`` in, then move into place with :func:`os.replace`; its mode is
+    ``0o777 & ~umask`` like any folder the user creates (a bare :func:`tempfile.mkdtemp` folder
+    would be ``0700``)."""
     try:
-        folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=_staging_prefix(name)))
         os.chmod(folder, 0o777 & ~_umask())
     except OSError as e:
         raise output_error(parent, e) from None
     return folder
+
+
+def remove_staging_folders(parent: PathLike, name: str) -> None:
+    r"""Removes the staging folders of :func:`make_staging_folder` for ``name`` that killed
+    writers left in :obj:`parent` (a writer removes its own on any exception; ``SIGKILL`` gives
+    it no chance). Call it only while holding the lock that serialises writers of ``name``."""
+    random = re.compile(re.escape(_staging_prefix(name)) + r'[a-z0-9_]{8}')
+    for folder in Path(parent).glob(f'{_staging_prefix(name)}*'):
+        if random.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_file(path: PathLike) -> None:

@@ -19,6 +19,7 @@ from anchorrec_pyg.data import (
     synthetic,
 )
 from anchorrec_pyg.errors import DataError
+from anchorrec_pyg.io import make_staging_folder
 
 
 def test_files_and_header(tiny_mmrec_root):
@@ -90,6 +91,9 @@ def test_ensure_default_dataset_generates_once_and_repairs(tmp_path, monkeypatch
     assert len(calls) == 2
     assert (Path(root) / f'{name}_beit3' / 'image_feat.npy').is_file()
     assert ensure_default_dataset(tmp_path, preset='tiny', seed=2)[1] == 'tiny-seed2'
+    stale = make_staging_folder(tmp_path, 'tiny')  # left by a generator killed mid-write
+    ensure_default_dataset(tmp_path, preset='tiny')
+    assert not stale.exists() and len(calls) == 3
 
 
 def test_ensure_default_dataset_uses_home(anchorrec_home):

@@ -143,3 +143,17 @@ def test_export_folder_and_files_follow_the_umask(trained_run, tmp_path):
         os.umask(previous)
     assert oct(stat.S_IMODE(out.stat().st_mode)) == oct(0o750)  # not mkdtemp's 0700
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {oct(0o640)}
+
+
+def test_export_removes_a_killed_exports_staging_folder_and_refuses_a_concurrent_one(
+        trained_run, tmp_path):
+    from anchorrec_pyg.errors import FolderInUseError
+    from anchorrec_pyg.io import lock_file, make_staging_folder
+    stale = make_staging_folder(tmp_path, 'serve')
+    (stale / 'user_emb.npy').write_bytes(b'half')
+    with lock_file(tmp_path / '.serve.export.lock'):
+        with pytest.raises(FolderInUseError, match=f'--out {tmp_path / "serve"} is in use'):
+            export_run(trained_run, tmp_path / 'serve', index=False)
+    assert stale.is_dir() and not (tmp_path / 'serve').exists()
+    export_run(trained_run, tmp_path / 'serve', index=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['serve']

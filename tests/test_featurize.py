@@ -189,6 +189,27 @@ def test_featurize_without_encoders_writes_a_loadable_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['shop']
 
 
+def test_a_killed_runs_staging_folder_is_removed_and_a_second_writer_refused(tmp_path):
+    from anchorrec_pyg.io import lock_file, make_staging_folder
+    root = tmp_path / 'data'
+    root.mkdir()
+    stale = make_staging_folder(root, 'shop')  # what a SIGKILLed featurize leaves
+    (stale / 'shop').mkdir()
+    (stale / 'shop' / 'text_feat.npy').write_bytes(b'half')
+    args = ['featurize', '--interactions', str(interactions_csv(tmp_path, dense_rows(12, 6))),
+            '--items', str(items_csv(tmp_path, [f'i{i}' for i in range(6)])), '--out', str(root),
+            '--name', 'shop', '--user-col', 'user', '--item-col', 'item', '--min-interactions',
+            '3', '3', '--quiet']
+    with lock_file(root / '.shop.featurize.lock'):  # another featurize writing this --name
+        code, _, stderr = run(args)
+    assert code == 2 and stderr.count('\n') == 1
+    assert f'--out {root / "shop"} is in use by another process' in stderr
+    assert stale.is_dir() and not (root / 'shop').exists()  # the holder's files untouched
+    code, _, stderr = run(args)
+    assert code == 0, stderr
+    assert sorted(p.name for p in root.iterdir()) == ['shop']
+
+
 # ------------------------------------------------------------------ with the tiny encoders
 
 @pytest.fixture(scope='module')

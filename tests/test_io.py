@@ -132,6 +132,23 @@ def test_folder_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path)
     assert os.listdir(out) == []
 
 
+def test_remove_staging_folders_takes_only_the_named_writers_folders(tmp_path, umask):
+    umask(0o027)
+    staged = [io.make_staging_folder(tmp_path, 'shop') for _ in range(2)]
+    assert all(p.name.startswith('.shop.tmp-') for p in staged)
+    assert oct(stat.S_IMODE(staged[0].stat().st_mode)) == oct(0o750)  # not mkdtemp's 0700
+    (staged[0] / 'half.npy').write_bytes(b'x')
+    keep = [io.make_staging_folder(tmp_path, 'shop2'), tmp_path / 'shop',
+            tmp_path / '.shop.tmp-x.tmp-abcd1234', tmp_path / '.shop.tmp-abc']
+    for p in keep[1:]:
+        p.mkdir()
+    (tmp_path / '.shop.tmp-abcd1234').write_text('a file, not a staging folder')
+    keep.append(tmp_path / '.shop.tmp-abcd1234')
+    io.remove_staging_folders(tmp_path, 'shop')
+    assert not any(p.exists() for p in staged)
+    assert all(p.exists() for p in keep)
+
+
 def test_remove_empty_folders_stops_at_content(tmp_path):
     deep = tmp_path / 'a' / 'b' / 'c'
     deep.mkdir(parents=True)

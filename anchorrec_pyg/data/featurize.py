@@ -34,10 +34,11 @@ Encoding is batched, shows progress bars and holds one chunk of items in memory 
 every encoded chunk is kept under ``<root>/.<name>.featurize-cache/`` (named by the hash of its
 inputs and of the encoder), so an interrupted run, rerun with the same arguments, skips the
 chunks it has; the cache is removed when the folder is complete. The folders are written in a
-staging folder and renamed into place. An existing ``<root>/<name>`` is kept as it is when its
-manifest records the same request (the md5 of both input files, every option, the encoders'
-files, and each image's path, size and modification time), and replaced only with
-``overwrite=True``.
+staging folder and renamed into place; one featurize at a time writes ``<root>/<name>`` (a lock
+file), and it first removes the staging folders of runs killed before they could. An existing
+``<root>/<name>`` is kept as it is when its manifest records the same request (the md5 of both
+input files, every option, the encoders' files, and each image's path, size and modification
+time), and replaced only with ``overwrite=True``.
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -58,7 +58,13 @@ import numpy as np
 from anchorrec_pyg.data.mmrec import concat_anchor
 from anchorrec_pyg.data.synthetic import mmrec_split
 from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.io import atomic_write
+from anchorrec_pyg.io import (
+    atomic_write,
+    lock_file,
+    make_staging_folder,
+    output_error,
+    remove_staging_folders,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -642,86 +648,91 @@ def featurize(opts: FeaturizeOptions, root: str | os.PathLike, name: str,
         request['images'] = _chunk_key('', [x for r in range(len(texts))
                                             for x in image_payload(r)])
     request_id = _request_id(request)
-    existing = _existing_request(folder) if folder.exists() else None
-    if folder.exists() and any(folder.iterdir()):
-        if existing == request_id:
-            logger.info('%s already holds this dataset (same inputs, options and encoders)',
-                        folder)
-            return folder
-        if not overwrite:
-            what = 'a different dataset' if existing else 'files not written by featurize'
-            raise DataError(f'--out: {folder} already holds {what}; choose another --name or '
-                            'pass --overwrite to replace it')
-
-    root.mkdir(parents=True, exist_ok=True)
-    cache = root / f'.{name}.featurize-cache'
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f'.{name}.tmp-'))
     try:
-        data_dir, mm_dir = staging / name, staging / f'{name}_beit3'
-        data_dir.mkdir()
-        _write_inter(data_dir / f'{name}.inter', cat)
-        _write_map(data_dir / USER_MAP, cat.users)
-        _write_map(data_dir / ITEM_MAP, cat.items)
-        if 'text' in encoders:
-            enc = encoders['text']
-            encode_text = _zero_filled(enc.dim, [bool(t) for t in texts],
-                                       lambda rows, e=enc: e.encode([texts[r] for r in rows]))
-            _encode_table(data_dir / 'text_feat.npy', cache, 'text', enc.id, enc.dim,
-                          [[t] for t in texts], encode_text, opts.chunk_size, progress)
-        if 'image' in encoders:
-            enc = encoders['image']
-            encode_image = _zero_filled(
-                enc.dim, ok,
-                lambda rows, e=enc: e.encode(_load_images([image_paths[r] for r in rows])))
-            _encode_table(data_dir / 'image_feat.npy', cache, 'image', enc.id, enc.dim,
-                          [image_payload(r) for r in range(len(texts))], encode_image,
-                          opts.chunk_size, progress)
-        mm_source = None
-        if 'mm' in encoders:
-            enc = encoders['mm']
-            mm_dir.mkdir()
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(root, e) from None
+    with lock_file(root / f'.{name}.featurize.lock', what=f'--out {folder}'):
+        existing = _existing_request(folder) if folder.exists() else None
+        if folder.exists() and any(folder.iterdir()):
+            if existing == request_id:
+                logger.info('%s already holds this dataset (same inputs, options and encoders)',
+                            folder)
+                return folder
+            if not overwrite:
+                what = 'a different dataset' if existing else 'files not written by featurize'
+                raise DataError(f'--out: {folder} already holds {what}; choose another '
+                                '--name or pass --overwrite to replace it')
 
-            def encode_joint(start: int, stop: int) -> np.ndarray:
-                images = _load_images([image_paths[r] if ok[r] else None
-                                       for r in range(start, stop)])
-                return enc.encode(texts[start:stop], images)
+        cache = root / f'.{name}.featurize-cache'
+        remove_staging_folders(root, name)
+        staging = make_staging_folder(root, name)
+        try:
+            data_dir, mm_dir = staging / name, staging / f'{name}_beit3'
+            data_dir.mkdir()
+            _write_inter(data_dir / f'{name}.inter', cat)
+            _write_map(data_dir / USER_MAP, cat.users)
+            _write_map(data_dir / ITEM_MAP, cat.items)
+            if 'text' in encoders:
+                enc = encoders['text']
+                encode_text = _zero_filled(enc.dim, [bool(t) for t in texts],
+                                           lambda rows, e=enc: e.encode([texts[r] for r in rows]))
+                _encode_table(data_dir / 'text_feat.npy', cache, 'text', enc.id, enc.dim,
+                              [[t] for t in texts], encode_text, opts.chunk_size, progress)
+            if 'image' in encoders:
+                enc = encoders['image']
+                encode_image = _zero_filled(
+                    enc.dim, ok,
+                    lambda rows, e=enc: e.encode(_load_images([image_paths[r] for r in rows])))
+                _encode_table(data_dir / 'image_feat.npy', cache, 'image', enc.id, enc.dim,
+                              [image_payload(r) for r in range(len(texts))], encode_image,
+                              opts.chunk_size, progress)
+            mm_source = None
+            if 'mm' in encoders:
+                enc = encoders['mm']
+                mm_dir.mkdir()
 
-            _encode_table(mm_dir / 'image_feat.npy', cache, 'mm', enc.id, enc.dim,
-                          [[texts[r], *image_payload(r)] for r in range(len(texts))],
-                          encode_joint, opts.chunk_size, progress)
-            mm_source = 'joint'
-        elif 'text' in encoders and 'image' in encoders:
-            mm_dir.mkdir()
-            fused = concat_anchor(np.load(data_dir / 'image_feat.npy', mmap_mode='r'),
-                                  np.load(data_dir / 'text_feat.npy', mmap_mode='r'))
-            np.save(mm_dir / 'image_feat.npy', fused, allow_pickle=False)
-            mm_source = 'concat'
+                def encode_joint(start: int, stop: int) -> np.ndarray:
+                    images = _load_images([image_paths[r] if ok[r] else None
+                                           for r in range(start, stop)])
+                    return enc.encode(texts[start:stop], images)
 
-        files = {}
-        for base, sub in ((data_dir, ''), (mm_dir, f'../{name}_beit3/')):
-            if base.is_dir():
-                files.update({f'{sub}{p.name}': md5_file(p) for p in sorted(base.iterdir())})
-        manifest = {
-            'format': FORMAT, 'version': VERSION, 'request_id': request_id,
-            'dataset': name, 'request': request,
-            'counts': {'users': len(cat.users), 'items': len(cat.items),
-                       'interactions': int(cat.table.shape[0])},
-            'filtering': cat.stats['kcore'], 'split': cat.stats['split'],
-            'encoders': {k: e.describe() for k, e in encoders.items()},
-            'mm_source': mm_source, 'warnings': warnings, 'files': files,
-            'train_with': f'--set data.root={root} --set data.name={name}',
-        }
-        (data_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n',
-                                         encoding='utf-8')
-        for target in (folder, mm_folder):
-            if target.exists():
-                shutil.rmtree(target)
-        if mm_dir.is_dir():
-            os.replace(mm_dir, mm_folder)
-        os.replace(data_dir, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(cache, ignore_errors=True)
+                _encode_table(mm_dir / 'image_feat.npy', cache, 'mm', enc.id, enc.dim,
+                              [[texts[r], *image_payload(r)] for r in range(len(texts))],
+                              encode_joint, opts.chunk_size, progress)
+                mm_source = 'joint'
+            elif 'text' in encoders and 'image' in encoders:
+                mm_dir.mkdir()
+                fused = concat_anchor(np.load(data_dir / 'image_feat.npy', mmap_mode='r'),
+                                      np.load(data_dir / 'text_feat.npy', mmap_mode='r'))
+                np.save(mm_dir / 'image_feat.npy', fused, allow_pickle=False)
+                mm_source = 'concat'
+
+            files = {}
+            for base, sub in ((data_dir, ''), (mm_dir, f'../{name}_beit3/')):
+                if base.is_dir():
+                    files.update({f'{sub}{p.name}': md5_file(p) for p in sorted(base.iterdir())})
+            manifest = {
+                'format': FORMAT, 'version': VERSION, 'request_id': request_id,
+                'dataset': name, 'request': request,
+                'counts': {'users': len(cat.users), 'items': len(cat.items),
+                           'interactions': int(cat.table.shape[0])},
+                'filtering': cat.stats['kcore'], 'split': cat.stats['split'],
+                'encoders': {k: e.describe() for k, e in encoders.items()},
+                'mm_source': mm_source, 'warnings': warnings, 'files': files,
+                'train_with': f'--set data.root={root} --set data.name={name}',
+            }
+            (data_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n',
+                                             encoding='utf-8')
+            for target in (folder, mm_folder):
+                if target.exists():
+                    shutil.rmtree(target)
+            if mm_dir.is_dir():
+                os.replace(mm_dir, mm_folder)
+            os.replace(data_dir, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
     logger.info('wrote %s: %d users, %d items, %d interactions (%s)', folder, len(cat.users),
                 len(cat.items), cat.table.shape[0],
                 ', '.join(f'{k} {v}' for k, v in cat.stats['split'].items() if k != 'method'

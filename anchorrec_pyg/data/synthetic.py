@@ -40,7 +40,12 @@ from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.data.mmrec import anchorrec_home
 from anchorrec_pyg.errors import DataError
-from anchorrec_pyg.io import atomic_write, lock_file, make_staging_folder
+from anchorrec_pyg.io import (
+    atomic_write,
+    lock_file,
+    make_staging_folder,
+    remove_staging_folders,
+)
 from anchorrec_pyg.schema import USER_ITEM
 
 logger = logging.getLogger(__name__)
@@ -218,7 +223,7 @@ def generate_synthetic(root: str | os.PathLike, name: str = 'default',
         raise DataError(f'{existing[0]} already exists; pass overwrite=True to replace it')
     table, features = generate_arrays(preset, seed)
     root.mkdir(parents=True, exist_ok=True)
-    staging = make_staging_folder(root, f'.{name}.tmp-')
+    staging = make_staging_folder(root, name)
     try:
         (staging / name).mkdir()
         (staging / f'{name}_beit3').mkdir()
@@ -273,6 +278,7 @@ def ensure_default_dataset(root: str | os.PathLike | None = None, preset: str = 
     name = preset if seed == 0 else f'{preset}-seed{seed}'
     root.mkdir(parents=True, exist_ok=True)
     with lock_file(root / f'.{name}.lock', blocking=True):
+        remove_staging_folders(root, name)
         if not _is_complete(root, name, preset, seed):
             generate_synthetic(root, name, preset, seed, overwrite=True)
     return str(root), name

@@ -41,7 +41,12 @@ import torch
 from torch import Tensor
 
 from anchorrec_pyg.errors import CheckpointError, ConfigError
-from anchorrec_pyg.io import atomic_write_text, make_staging_folder
+from anchorrec_pyg.io import (
+    atomic_write_text,
+    lock_file,
+    make_staging_folder,
+    remove_staging_folders,
+)
 from anchorrec_pyg.schema import USER_ITEM
 
 logger = logging.getLogger(__name__)
@@ -295,51 +300,53 @@ def export_run(run: PathLike, out: PathLike, device: Optional[str] = None,
     indptr, items = _train_csr(data[USER_ITEM].edge_index, num_users)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_staging_folder(out.parent, f'.{out.name}.tmp-')
-    try:
-        for name, array in (('user_emb', user.numpy()), ('item_emb', item.numpy()),
-                            ('train_indptr', indptr), ('train_items', items)):
-            np.save(staging / f'{name}.npy', array, allow_pickle=False)
-        data_folder = None
-        if config.data.root is not None:
-            data_folder = Path(config.data.root).expanduser() / config.data.name
-            for f in MAP_FILES:
-                if (data_folder / f).is_file():
-                    shutil.copyfile(data_folder / f, staging / f)
-        index_info = None
-        if build_index:
-            import faiss
-            from torch_geometric.nn.pool import MIPSKNNIndex
-            knn = MIPSKNNIndex(item)
-            faiss.write_index(knn.index, str(staging / INDEX_FILE))
-            index_info = {'file': INDEX_FILE, 'type': type(knn.index).__name__,
-                          'built_by': 'torch_geometric.nn.pool.MIPSKNNIndex', 'exact': True,
-                          'faiss_version': faiss.__version__}
-        dataset_manifest = None
-        if data_folder is not None and (data_folder / DATA_MANIFEST).is_file():
-            dataset_manifest = str(data_folder / DATA_MANIFEST)
-        manifest = {
-            'format': FORMAT, 'version': VERSION,
-            'model': config.model_name, 'dataset': config.data.name,
-            'data_root': config.data.root, 'dataset_manifest': dataset_manifest,
-            'run': str(Path(run).resolve()), 'checkpoint': str(checkpoint.resolve()),
-            'metric': config.eval.metric, 'metrics': _run_metrics(checkpoint),
-            'num_users': num_users, 'num_items': int(item.size(0)), 'dim': int(item.size(1)),
-            'scoring': 'score(u, i) = user_emb[u] . item_emb[i] (inner product); rank '
-                       'descending, leaving out train_items[train_indptr[u]:train_indptr[u+1]]',
-            'ids': 'original ids in user_map.csv / item_map.csv (original_id,index)'
-                   if (staging / MAP_FILES[0]).is_file() else '0-based ids of the dataset',
-            'index': index_info,
-            'files': {p.name: _md5(p) for p in sorted(staging.iterdir())},
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n',
-                                        encoding='utf-8')
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with lock_file(out.parent / f'.{out.name}.export.lock', what=f'--out {out}'):
+        remove_staging_folders(out.parent, out.name)
+        staging = make_staging_folder(out.parent, out.name)
+        try:
+            for name, array in (('user_emb', user.numpy()), ('item_emb', item.numpy()),
+                                ('train_indptr', indptr), ('train_items', items)):
+                np.save(staging / f'{name}.npy', array, allow_pickle=False)
+            data_folder = None
+            if config.data.root is not None:
+                data_folder = Path(config.data.root).expanduser() / config.data.name
+                for f in MAP_FILES:
+                    if (data_folder / f).is_file():
+                        shutil.copyfile(data_folder / f, staging / f)
+            index_info = None
+            if build_index:
+                import faiss
+                from torch_geometric.nn.pool import MIPSKNNIndex
+                knn = MIPSKNNIndex(item)
+                faiss.write_index(knn.index, str(staging / INDEX_FILE))
+                index_info = {'file': INDEX_FILE, 'type': type(knn.index).__name__,
+                              'built_by': 'torch_geometric.nn.pool.MIPSKNNIndex', 'exact': True,
+                              'faiss_version': faiss.__version__}
+            dataset_manifest = None
+            if data_folder is not None and (data_folder / DATA_MANIFEST).is_file():
+                dataset_manifest = str(data_folder / DATA_MANIFEST)
+            manifest = {
+                'format': FORMAT, 'version': VERSION,
+                'model': config.model_name, 'dataset': config.data.name,
+                'data_root': config.data.root, 'dataset_manifest': dataset_manifest,
+                'run': str(Path(run).resolve()), 'checkpoint': str(checkpoint.resolve()),
+                'metric': config.eval.metric, 'metrics': _run_metrics(checkpoint),
+                'num_users': num_users, 'num_items': int(item.size(0)), 'dim': int(item.size(1)),
+                'scoring': 'score(u, i) = user_emb[u] . item_emb[i] (inner product); rank '
+                           'descending, leaving out train_items[train_indptr[u]:train_indptr[u+1]]',
+                'ids': 'original ids in user_map.csv / item_map.csv (original_id,index)'
+                       if (staging / MAP_FILES[0]).is_file() else '0-based ids of the dataset',
+                'index': index_info,
+                'files': {p.name: _md5(p) for p in sorted(staging.iterdir())},
+            }
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n',
+                                            encoding='utf-8')
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return out
 
 
