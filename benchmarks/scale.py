@@ -19,9 +19,14 @@ once under ``--data-root``.
 time and the process's CPU time are recorded: with one thread on a machine shared with other
 jobs, the CPU time is the step's work and the wall time that plus the waiting, so the growth
 exponent (least-squares slope of log(seconds per epoch) on log(size)) is fitted to the CPU
-time. Per step: the peak resident memory above the resident memory before the timed batches
-(``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's peak; the mean subgraph of
-a batch (users, items, message-passing edges) against the whole graph.
+time, and the growth per doubling is given size to size as well (where a step saturates, one
+fit over every size hides it). Per step: the peak resident memory above the resident memory
+before the timed batches (``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's
+peak; the mean subgraph of a batch (users, items, message-passing edges) against the whole
+graph, and the items whose view input (the projection of their feature row) each modality
+computes (the sources of the subgraph's kNN edges of that modality). ``--sizes-for
+full=1,2,4`` limits one mode to some of the sizes; ``--set KEY=VALUE`` overrides the
+configuration of every job (e.g. ``model.n_layers=2``).
 
 **Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
 once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
@@ -49,7 +54,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from anchorrec_pyg.data import PRESETS, generate_synthetic  # noqa: E402
+from anchorrec_pyg.schema import MODALITIES, knn_edge_type  # noqa: E402
 
 
 def dataset(root: Path, scale: float) -> str:
@@ -94,15 +102,15 @@ class TimedBatches:
             self.stamps.append(time.perf_counter())
             self.cpu.append(time.process_time())
             edges = sum(graph[et].edge_index.size(1) for et in graph.edge_types)
+            inputs = [torch.unique(graph[knn_edge_type(m)].edge_index[0]).numel()
+                      if knn_edge_type(m) in graph.edge_types else 0 for m in MODALITIES]
             self.sizes.append((int(graph['user'].num_nodes), int(graph['item'].num_nodes),
-                               edges))
+                               edges, *inputs))
             yield graph, users, pos, neg
 
 
 def worker(spec: dict) -> dict:
     """One timing measurement in this process (``--worker``)."""
-    import torch
-
     from anchorrec_pyg.config import load_config
     from anchorrec_pyg.train import Trainer
     from anchorrec_pyg.train.runner import build_model, load_data, required_modalities
@@ -112,7 +120,8 @@ def worker(spec: dict) -> dict:
                                 f'train.mode={mode}', f"train.fanout={spec['fanout']}",
                                 f'train.sparse_updates={str(bool(sparse)).lower()}',
                                 'train.device=cpu', f"train.num_threads={spec['threads']}",
-                                f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]'])
+                                f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]'] +
+                         spec['sets'])
     data = load_data(config.data, required_modalities(config), log=False)
     model = build_model(config, data, 999)
     trainer = Trainer(model, data, config.train, config.eval, seed=999)
@@ -145,6 +154,7 @@ def worker(spec: dict) -> dict:
         'cpu_s_per_batch': float(cpu.mean()),
         'cpu_s_per_epoch': float(cpu.mean()) * batches_per_epoch,
         'sub_users': float(sizes[0]), 'sub_items': float(sizes[1]), 'sub_edges': float(sizes[2]),
+        'view_inputs': {m: float(v) for m, v in zip(MODALITIES, sizes[3:])},
         'step_peak_mb': (_status_kb('VmHWM') - mark['rss_kb']) / 1024,
         'peak_rss_mb': max(mark['setup_hwm_kb'], _status_kb('VmHWM')) / 1024,
         'trainable_params': params,
@@ -155,7 +165,7 @@ def worker(spec: dict) -> dict:
 def time_one(args, root: Path, name: str, mode: str) -> dict:
     spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
             'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
-            'batch_size': args.batch_size}
+            'batch_size': args.batch_size, 'sets': args.set}
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)], env=env,
                           capture_output=True, text=True)
@@ -172,7 +182,7 @@ def accuracy_one(args, root: Path, name: str, mode: str, seed: int, scratch: Pat
             'train.patience=null', f'train.eval_every={args.acc_epochs}',
             f'train.checkpoint_every={args.acc_epochs}', f'seeds=[{seed}]', 'train.device=cpu',
             'eval.ks=[20]', f'train.num_threads={args.threads}',
-            f'train.batch_size={args.batch_size}']
+            f'train.batch_size={args.batch_size}'] + args.set
     if mode == 'sampled' and args.acc_sparse:
         sets.append('train.sparse_updates=true')
     command = [sys.executable, '-m', 'anchorrec_pyg.cli', 'train', '--quiet', '--out', str(out)]
@@ -196,6 +206,12 @@ def slope(sizes: list, values: list) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(sizes) > 1 else math.nan
 
 
+def per_doubling(sizes: list, values: list) -> list:
+    """The growth per doubling between consecutive sizes, ``(v2 / v1) ** (1 / log2(s2 / s1))``."""
+    return [(v2 / v1) ** (1 / math.log2(s2 / s1))
+            for s1, s2, v1, v2 in zip(sizes, sizes[1:], values, values[1:])]
+
+
 def load_average() -> str:
     return ' '.join(f'{v:.1f}' for v in os.getloadavg())
 
@@ -214,6 +230,10 @@ def main() -> None:
     parser.add_argument('--modes', default='full,sampled,sampled-sparse',
                         help='full, sampled (dense Adam), sampled-sparse (train.sparse_updates)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per process')
+    parser.add_argument('--sizes-for', action='append', default=[], metavar='MODE=SIZES',
+                        help='the sizes of one mode only (e.g. full=1,2,4); default --sizes')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='a config override for every job (e.g. model.n_layers=2)')
     parser.add_argument('--no-timing', action='store_true', help='the accuracy runs only')
     parser.add_argument('--no-accuracy', action='store_true', help='the timing only')
     parser.add_argument('--acc-epochs', type=int,
@@ -237,18 +257,24 @@ def main() -> None:
     data_root, out = Path(args.data_root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(',')
+    mode_sizes = {mode: sizes for mode in modes}
+    for item in args.sizes_for:
+        mode, _, listed = item.partition('=')
+        if mode not in mode_sizes:
+            parser.error(f'--sizes-for {item}: {mode} is not in --modes')
+        mode_sizes[mode] = [float(s) for s in listed.split(',')]
     print(f'AnchorRec, Baby-shaped synthetic data, size 1 = {base:g} x Baby; B = '
           f'{args.batch_size}; sampled: fan-out {args.fanout}; modes {modes}; '
-          f'{args.threads} thread(s) per process; {os.cpu_count()} CPUs; load average '
-          f'{load_average()}', flush=True)
+          f'{args.threads} thread(s) per process; {os.cpu_count()} CPUs; overrides '
+          f'{args.set}; load average {load_average()}', flush=True)
     result = {'base': base, 'sizes': sizes, 'fanout': args.fanout, 'threads': args.threads,
               'batch_size': args.batch_size, 'cpus': os.cpu_count()}
 
     if not args.no_timing:
         timing = []
-        for size in sizes:
+        for size in sorted({s for listed in mode_sizes.values() for s in listed}):
             name = dataset(data_root, base * size)
-            for mode in modes:
+            for mode in (m for m in modes if size in mode_sizes[m]):
                 run = time_one(args, data_root, name, mode)
                 run.update(size=size, data=name, mode=mode, load=load_average())
                 timing.append(run)
@@ -256,13 +282,13 @@ def main() -> None:
                       f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} s/epoch "
                       f"(wall {run['s_per_batch']:.3f} s/batch; load {run['load']}); subgraph "
                       f"{run['sub_users']:,.0f} users, {run['sub_items']:,.0f} items, "
-                      f"{run['sub_edges']:,.0f} edges; step peak {run['step_peak_mb']:.0f} MB",
-                      flush=True)
+                      f"{run['sub_edges']:,.0f} edges; view inputs {run['view_inputs']}; step "
+                      f"peak {run['step_peak_mb']:.0f} MB", flush=True)
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
         print('\n| x Baby | users / items / interactions | mode | CPU s/batch | CPU s/epoch '
               '(est.) | wall s/batch | subgraph users | subgraph items | subgraph edges '
-              '| step peak MB | peak RSS MB | load |')
-        print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+              '| view inputs mm / text / image | step peak MB | peak RSS MB | load |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
         for r in timing:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
             full_edges = r['graph_edges']
@@ -271,16 +297,22 @@ def main() -> None:
                   f"{r['cpu_s_per_epoch']:.1f} | {r['s_per_batch']:.3f} | "
                   f"{share(r['sub_users'], r['users'])} | "
                   f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
+                  f"| {' / '.join(share(r['view_inputs'][m], r['items']) for m in MODALITIES)} "
                   f"| {r['step_peak_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['load']} |")
-        print('\n| mode | growth exponent (CPU s/epoch ~ size^a) | per doubling |')
-        print('|---|---|---|')
-        exponents = {}
+        print('\n| mode | sizes | growth exponent (CPU s/epoch ~ size^a) | per doubling (fit) '
+              '| per doubling, size to size |')
+        print('|---|---|---|---|---|')
+        exponents, doublings = {}, {}
         for mode in modes:
             rows = [r for r in timing if r['mode'] == mode]
-            a = slope([r['size'] for r in rows], [r['cpu_s_per_epoch'] for r in rows])
-            exponents[mode] = a
-            print(f'| {mode} | {a:.2f} | {2 ** a:.2f}x |')
-        result.update(timing=timing, exponents=exponents)
+            xs, ys = [r['size'] for r in rows], [r['cpu_s_per_epoch'] for r in rows]
+            a = slope(xs, ys)
+            exponents[mode], doublings[mode] = a, per_doubling(xs, ys)
+            steps = ', '.join(f'{base * s1:g}->{base * s2:g}: {g:.2f}x'
+                              for s1, s2, g in zip(xs, xs[1:], doublings[mode]))
+            print(f"| {mode} | {', '.join(f'{base * x:g}' for x in xs)} | {a:.2f} | "
+                  f'{2 ** a:.2f}x | {steps} |')
+        result.update(timing=timing, exponents=exponents, per_doubling=doublings)
 
     if not args.no_accuracy:
         name = dataset(data_root, base * sizes[0])

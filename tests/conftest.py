@@ -6,6 +6,7 @@ the user's cache (generated default datasets, processed files of read-only folde
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from anchorrec_pyg.data import MMRecDataset, generate_synthetic
+from anchorrec_pyg.data import PRESETS, MMRecDataset, generate_synthetic
 from anchorrec_pyg.data.mmrec import HOME_ENV
 
 torch.set_num_threads(1)
@@ -49,6 +50,19 @@ def tiny_data(tiny_mmrec_root: tuple[str, str]):
     session: tests must not modify it in place (``data.clone()`` first)."""
     root, name = tiny_mmrec_root
     return MMRecDataset(root, name, log=False)[0]
+
+
+@pytest.fixture(scope='session')
+def sparse_knn_data(tmp_path_factory: pytest.TempPathFactory) -> HeteroData:
+    """The ``tiny`` preset's shape at 200 users and 300 items, 5 interactions per user, with
+    k = 3 kNN neighbours per item and modality: the sampled subgraph of a few triples, and its
+    kNN closures, are strict parts of it (on ``tiny``, 40 items with k = 10, they are all of
+    it). Shared by the session: do not modify it in place."""
+    root = tmp_path_factory.mktemp('sparse-knn')
+    preset = dataclasses.replace(PRESETS['tiny'], num_users=200, num_items=300,
+                                 mean_interactions=5.0)
+    generate_synthetic(root, name='sparse', preset=preset, seed=0)
+    return MMRecDataset(root, 'sparse', k=3, log=False)[0]
 
 
 @pytest.fixture(scope='session')

@@ -33,7 +33,8 @@ def test_model_trains_on_a_sampled_subgraph_or_refuses(tiny_data, name):
     triplets = TripletSampler(tiny_data['user', 'interacts', 'item'].edge_index, num['item'],
                               batch_size=4,
                               with_negatives=model.needs_negatives)
-    batches = SampledBatches(tiny_data, triplets, [2, 1], seed=0)
+    batches = SampledBatches(tiny_data, triplets, [2, 1], seed=0, views=model.sampled_views,
+                             features=model.sampled_features)
     sub, users, pos, neg = next(batches.epoch(torch.Generator().manual_seed(0), 1))
     assert sub['item'].num_nodes < num['item'] or sub['user'].num_nodes < num['user']
     model.on_epoch_start(tiny_data, 1, torch.Generator().manual_seed(0))

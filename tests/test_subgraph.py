@@ -7,7 +7,7 @@ from torch_geometric.loader import LinkLoader
 
 from anchorrec_pyg.config import EvalConfig, TrainConfig
 from anchorrec_pyg.errors import ConfigError
-from anchorrec_pyg.models import LightGCN
+from anchorrec_pyg.models import LightGCN, SampledView
 from anchorrec_pyg.train import Trainer
 from anchorrec_pyg.train.batches import SampledBatches, Shard
 from anchorrec_pyg.train.sampler import TripletSampler
@@ -20,6 +20,7 @@ from anchorrec_pyg.train.subgraph import (
     knn_edge_types,
     sampling_view,
 )
+from anchorrec_pyg.schema import knn_edge_type
 
 
 def _seeds(data, n=6, seed=0):
@@ -31,13 +32,13 @@ def _seeds(data, n=6, seed=0):
     return users, pos, neg
 
 
-def _subgraph(data, fanout, users, pos, neg, seed=0):
+def _subgraph(data, fanout, users, pos, neg, seed=0, views=None):
     view = sampling_view(data)
     sampler = UserItemNeighborSampler(view, fanout, torch.Generator().manual_seed(seed))
     seeds = torch.cat([torch.stack([users, pos]), torch.stack([users, neg])], dim=1)
     label = torch.cat([torch.ones(users.numel()), torch.zeros(users.numel())])
     loader = LinkLoader(view, sampler, edge_label_index=(USER_ITEM, seeds), edge_label=label,
-                        transform_sampler_output=KnnClosure(view))
+                        transform_sampler_output=KnnClosure(view, views))
     return loader(torch.arange(seeds.size(1)))
 
 
@@ -133,16 +134,70 @@ def test_fanout_limits_and_determinism(tiny_data):
     assert len(runs) > 1  # the seed matters
 
 
-def test_knn_closure_adds_every_incoming_knn_edge(tiny_data):
-    users, pos, neg = _seeds(tiny_data)
-    sub = _subgraph(tiny_data, [2, 2], users, pos, neg)
-    hop_items = sub['item'].n_id[:sum(sub['item'].num_sampled_nodes[:-1])]
-    for edge_type in knn_edge_types(tiny_data):
-        ei = tiny_data[edge_type].edge_index
-        expected = sorted((int(j), int(i)) for j, i in ei.t() if int(i) in set(hop_items.tolist()))
-        assert _global_edges(sub, edge_type) == expected
+def _brute_force_closure(data, users, pos, neg, needs):
+    """The kNN edges (global (source, target) pairs) of one view's closure by levels, from
+    python sets over the whole graph: level 0 = the batch's items whose view is read (the
+    users' items: all their training items, fan-out -1), then ``hops`` levels of incoming
+    edges."""
+    edge_type = knn_edge_type(needs[0])
+    needs = needs[1]
+    ui = data[USER_ITEM].edge_index.tolist()
+    level = set()
+    if needs.positives:
+        level |= set(pos.tolist())
+    if needs.negatives:
+        level |= set(neg.tolist())
+    if needs.users:
+        level |= {i for u, i in zip(*ui) if u in set(users.tolist())}
+    knn = list(zip(*data[edge_type].edge_index.tolist()))
+    closed, levels = set(level), []
+    for _ in range(needs.hops):
+        edges = sorted((j, i) for j, i in knn if i in level)
+        levels.append(edges)
+        level = {j for j, _ in edges} - closed
+        closed |= level
+    return levels
+
+
+@pytest.mark.parametrize('views', [
+    {'mm': SampledView(1), 'text': SampledView(2, users=False),
+     'image': SampledView(1, users=False, negatives=False)},
+    {'mm': SampledView(3, positives=False, negatives=False)},
+])
+def test_knn_closure_holds_each_views_levels_and_nothing_else(sparse_knn_data, views):
+    data = sparse_knn_data
+    users, pos, neg = _seeds(data, n=3)
+    sub = _subgraph(data, [-1, 2], users, pos, neg, views=views)
+    assert sub['item'].num_nodes < data['item'].num_nodes
+    for edge_type in knn_edge_types(data):
+        modality = next((m for m in views if knn_edge_type(m) == edge_type), None)
+        if modality is None:
+            assert sub[edge_type].edge_index.size(1) == 0
+            continue
+        levels = _brute_force_closure(data, users, pos, neg, (modality, views[modality]))
+        assert _global_edges(sub, edge_type) == sorted(e for level in levels for e in level)
+        assert list(sub[edge_type].num_sampled_edges) == [len(level) for level in levels]
         assert torch.equal(sub[edge_type].edge_weight,
-                           tiny_data[edge_type].edge_weight[sub[edge_type].e_id])
+                           data[edge_type].edge_weight[sub[edge_type].e_id])
+        # level 0: the edges into the items whose view the batch reads
+        first = sub[edge_type].num_sampled_edges[0]
+        level0 = sub[edge_type].edge_index[:, :first]
+        glob = sorted(zip(sub['item'].n_id[level0[0]].tolist(),
+                          sub['item'].n_id[level0[1]].tolist()))
+        assert glob == levels[0]
+    # the closures add only their edges' sources to the user-item hops' items
+    hop_items = set(sub['item'].n_id[:sum(sub['item'].num_sampled_nodes[:-1])].tolist())
+    sources = {int(sub['item'].n_id[j]) for et in knn_edge_types(data)
+               for j in sub[et].edge_index[0]}
+    assert set(sub['item'].n_id.tolist()) == hop_items | sources
+    assert sub['item'].n_id.numel() == len(hop_items | sources)
+
+
+def test_knn_closure_refuses_a_view_without_its_graph(tiny_data):
+    view = sampling_view(tiny_data)
+    del view[knn_edge_type('text')]
+    with pytest.raises(ValueError, match='similar_text'):
+        KnnClosure(view, {'text': SampledView(1)})
 
 
 def test_rescaled_weights(tiny_data):

@@ -37,9 +37,17 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.losses import CosineDistanceLoss, InfoNCE, SimilarityPreservationLoss
-from anchorrec_pyg.models.base import ModelConfig, RecOutput, node_rows, require_knn_graphs, rows
+from anchorrec_pyg.models.base import (
+    ModelConfig,
+    RecOutput,
+    SampledView,
+    node_rows,
+    require_knn_graphs,
+    rows,
+    view_input_rows,
+)
 from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
-from anchorrec_pyg.models.similarity import cached_similarities, raw_rows, similarity_target
+from anchorrec_pyg.models.similarity import batch_similarity_target, cached_similarities
 from anchorrec_pyg.nn.modality_conv import ModalityConv
 from anchorrec_pyg.schema import feature_key
 
@@ -131,12 +139,26 @@ class AlignRec(GraphRecModel):
         super().reset_parameters()
         self.modality_conv.reset_parameters()
 
+    @property
+    def sampled_views(self) -> dict[str, SampledView]:
+        """The mm view at the batch's users (``Z``'s user part, CCA), positives and negatives,
+        with ``n_layers`` kNN steps."""
+        return {'mm': SampledView(self.config.n_layers)}
+
+    @property
+    def sampled_features(self) -> tuple[str, ...]:
+        """The file table the similarity target reads with ``raw_from_files``."""
+        return ('mm', ) if self.config.raw_from_files else ()
+
     def forward(self, data: HeteroData) -> RecOutput:
+        """On a sampled subgraph the gate is computed only for the items whose row the kNN
+        propagation reads (:func:`~anchorrec_pyg.models.base.view_input_rows`)."""
         view = self.collaborative(data)
+        inputs = view_input_rows(data, 'mm')
         h_items, h_users = self.modality_conv(view.item_emb,
-                                              node_rows(self.features, data, 'item'),
+                                              node_rows(self.features, data, 'item', inputs),
                                               self.item_graph(data, 'mm', self.propagation),
-                                              view.graph.user_item)
+                                              view.graph.user_item, inputs)
         return RecOutput(user=view.c_user + h_users, item=view.c_item + h_items,
                          views={'C': view.c, 'H_mm': h_items, 'H_mm_user': h_users})
 
@@ -173,9 +195,9 @@ class AlignRec(GraphRecModel):
             cached = 'mm' in cached_similarities(
                 data, ('mm', ), cfg.similarity_cache_mb,
                 fixed_rows=cfg.raw_from_files or cfg.freeze_features)
-            target = similarity_target(self.graph_cache, 'similarity_mm',
-                                       raw_rows(data, self.features, 'mm', cfg.raw_from_files),
-                                       distinct, counts, cached, h_items.dtype)
+            target = batch_similarity_target(self.graph_cache, 'similarity_mm', data,
+                                             self.features, 'mm', cfg.raw_from_files, distinct,
+                                             counts, cached, h_items.dtype)
             terms['sim'] = cfg.sim_weight * self.sim(rows(h_items, distinct), target)
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}

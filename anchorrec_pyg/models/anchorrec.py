@@ -32,13 +32,20 @@ from anchorrec_pyg.losses import AALLoss, AMPLoss, CosineMarginLoss, GraphSmooth
 from anchorrec_pyg.models.base import (
     ModelConfig,
     RecOutput,
+    SampledView,
+    exact_view_items,
     feature_copies,
     node_rows,
     require_knn_graphs,
     rows,
+    view_input_rows,
 )
 from anchorrec_pyg.models.graph import GraphModelConfig, GraphRecModel
-from anchorrec_pyg.models.similarity import cached_similarities, raw_rows, similarity_target
+from anchorrec_pyg.models.similarity import (
+    batch_similarity_target,
+    cached_similarities,
+    raw_rows,
+)
 from anchorrec_pyg.nn.modality_conv import ModalityConv, propagate_item_views
 from anchorrec_pyg.nn.projection import ProjectionDomain
 from anchorrec_pyg.schema import MODALITIES, knn_edge_type
@@ -189,13 +196,36 @@ class AnchorRec(GraphRecModel):
         """The modality views added to the final embeddings (SPEC §3.4)."""
         return MODALITIES if self.config.fuse_image_view else ('mm', 'text')
 
+    @property
+    def sampled_views(self) -> dict[str, SampledView]:
+        r"""The views the losses read on a sampled subgraph: every fused view (mm, text; image
+        with ``fuse_image_view``) at the batch's users, positives and negatives (the final
+        embeddings; the anchor correction, AAL's ``h_mm`` and the smoothness read ``H_mm`` there
+        too); the image view, when not fused, at the positives only (AMP), and not at all without
+        AMP. Each with ``n_layers`` kNN steps."""
+        cfg = self.config
+        views = {m: SampledView(cfg.n_layers) for m in self.fused_modalities}
+        if 'image' not in views and cfg.amp_weight > 0:
+            views['image'] = SampledView(cfg.n_layers, users=False, negatives=False)
+        return views
+
+    @property
+    def sampled_features(self) -> tuple[str, ...]:
+        """The file tables AAL's mixture and AMP's targets read with ``raw_from_files``."""
+        return MODALITIES if self.config.raw_from_files else ()
+
     def forward(self, data: HeteroData) -> RecOutput:
+        r"""On a sampled subgraph the gate :math:`\mathbf{X}_m` is computed only for the items
+        whose row the kNN propagation reads (:func:`~anchorrec_pyg.models.base.view_input_rows`:
+        the sources of the subgraph's ``m`` kNN edges); the views are exact where
+        :attr:`sampled_views` asks for them and not meaningful elsewhere."""
         cfg = self.config
         view = self.collaborative(data)
-        gated = [
-            self.modality_convs[m].gated(view.item_emb, node_rows(self.features[m], data, 'item'))
-            for m in MODALITIES
-        ]
+        gated = []
+        for m in MODALITIES:
+            inputs = view_input_rows(data, m)
+            gated.append(self.modality_convs[m].gated(
+                view.item_emb, node_rows(self.features[m], data, 'item', inputs), inputs))
         item_adjs = [self.item_graph(data, m, self.propagation) for m in MODALITIES]
         items, users = propagate_item_views(gated, item_adjs, view.graph.user_item, cfg.n_layers)
         h_items = dict(zip(MODALITIES, items))
@@ -228,11 +258,11 @@ class AnchorRec(GraphRecModel):
         num_users = out.user.size(0)
         c_items = out.views['C'][num_users:]
         anchor = out.views['h_mm']
-        text, image = (raw_rows(data, self.features[m], m, self.config.raw_from_files).detach()
-                       for m in ('text', 'image'))
         if items is not None:
             c_items, anchor = rows(c_items, items), rows(anchor, items)
-            text, image = rows(text, items), rows(image, items)
+        text, image = (raw_rows(data, self.features[m].detach(), m, self.config.raw_from_files,
+                                items)
+                       for m in ('text', 'image'))
         h_text = self.projection.project_text(text.to(c_items.dtype))
         h_image = self.projection.project_image(image.to(c_items.dtype))
         return {
@@ -278,16 +308,30 @@ class AnchorRec(GraphRecModel):
             cached = cached_similarities(data, MODALITIES, cfg.similarity_cache_mb,
                                          fixed_rows=cfg.raw_from_files or cfg.freeze_features)
             embeddings = {m: rows(out.views[f'H_{m}'], distinct) for m in MODALITIES}
-            targets = {m: similarity_target(self.graph_cache, f'similarity_{m}',
-                                            raw_rows(data, self.features[m], m,
-                                                     cfg.raw_from_files),
-                                            distinct, counts, m in cached, out.item.dtype)
+            targets = {m: batch_similarity_target(self.graph_cache, f'similarity_{m}', data,
+                                                  self.features[m], m, cfg.raw_from_files,
+                                                  distinct, counts, m in cached, out.item.dtype)
                        for m in MODALITIES}
             terms['amp'] = cfg.amp_weight * self.amp(embeddings, targets)
         if cfg.smooth_weight > 0:
-            knn = data[knn_edge_type('mm')]
-            terms['smooth'] = cfg.smooth_weight * self.smoothness(
-                out.views['H_mm'], knn.edge_index, knn.edge_weight,
-                self.item_graph(data, 'mm', self.propagation))
+            terms['smooth'] = cfg.smooth_weight * self.smoothness_term(data, out.views['H_mm'])
         total = torch.stack(list(terms.values())).sum()
         return total, {key: value.detach() for key, value in terms.items()}
+
+    def smoothness_term(self, data: HeteroData, h_mm: Tensor) -> Tensor:
+        r"""SPEC §4's graph smoothness of :math:`\mathbf{H}_{mm}` (without its weight): the mean
+        over every edge of the mm kNN graph on a whole graph; on a sampled subgraph the mean
+        over its mm kNN edges whose both ends have the whole graph's view
+        (:func:`~anchorrec_pyg.models.base.exact_view_items`: the items the batch reads, whose
+        view the subgraph computes exactly), a sample of the same mean."""
+        knn = data[knn_edge_type('mm')]
+        exact = exact_view_items(data, 'mm')
+        if exact is None:
+            return self.smoothness(h_mm, knn.edge_index, knn.edge_weight,
+                                   self.item_graph(data, 'mm', self.propagation))
+        member = torch.zeros(h_mm.size(0), dtype=torch.bool, device=h_mm.device)
+        member[exact] = True
+        keep = member[knn.edge_index[0]] & member[knn.edge_index[1]]
+        if not bool(keep.any()):
+            return h_mm.new_zeros(())
+        return self.smoothness(h_mm, knn.edge_index[:, keep], knn.edge_weight[keep])

@@ -27,6 +27,12 @@ default, which a model overrides where it differs:
   subgraph ``HeteroData`` (node ids in ``n_id``), otherwise a one-line reason why it cannot;
 * ``sampled_hops`` (default ``None``): the user-item hops a sampled subgraph needs (the
   graph models: their LightGCN layers), which ``train.fanout`` must match;
+* ``sampled_views`` (default none): the modality kNN views a batch's losses read on a sampled
+  subgraph (:class:`SampledView`: which batch rows read modality ``m``'s view and its kNN
+  steps), so that the subgraph holds the kNN edges those rows need and no more;
+* ``sampled_features`` (default none): the modalities whose file feature rows
+  (``data['item'].x_<m>``) the model reads on a sampled subgraph, which the subgraphs carry
+  (the others are not sliced into every batch);
 * :meth:`RecModel.on_epoch_start` (default: nothing): called by the trainer before every
   training epoch with the run's random generator;
 * :meth:`RecModel.project` (default: no views): projection-domain item views the analyses
@@ -77,8 +83,11 @@ __all__ = [
     'ModelConfig',
     'RecOutput',
     'RecModel',
+    'SampledView',
     'UserItemGraph',
     'node_ids',
+    'view_input_rows',
+    'exact_view_items',
     'node_rows',
     'row_sparse_gradients',
     'rows',
@@ -206,20 +215,71 @@ def row_sparse_gradients(tables: Iterable[Tensor]) -> Iterator[None]:
         _ROW_SPARSE.reset(token)
 
 
-def node_rows(table: Tensor, data: HeteroData, node_type: str) -> Tensor:
+def node_rows(table: Tensor, data: HeteroData, node_type: str,
+              index: Tensor | None = None) -> Tensor:
     """The rows of a per-node table (``[num_nodes_total, ...]``) for ``data[node_type]``'s nodes:
     ``table[n_id]`` on a subgraph (with a row-sparse gradient inside
-    :func:`row_sparse_gradients`), the table itself (no copy) otherwise."""
+    :func:`row_sparse_gradients`), the table itself (no copy) otherwise. With ``index`` (local
+    node indices, distinct) only those nodes' rows: ``table[n_id[index]]`` on a subgraph,
+    ``table[index]`` otherwise."""
     store = data[node_type]
     if 'n_id' in store:
+        ids = store.n_id if index is None else store.n_id.index_select(0, index)
         if id(table) in _ROW_SPARSE.get():
             # n_id holds distinct nodes: the sparse gradient has no duplicate rows to sum
-            return torch.nn.functional.embedding(store.n_id, table, sparse=True)
-        return rows(table, store.n_id)
+            return torch.nn.functional.embedding(ids, table, sparse=True)
+        return rows(table, ids)
     if table.size(0) != store.num_nodes:
         raise DataError(f"the data has {store.num_nodes} '{node_type}' nodes but the model was "
                         f'built for {table.size(0)} (pass n_id for a subgraph)')
-    return table
+    return table if index is None else rows(table, index)
+
+
+@dataclass(frozen=True)
+class SampledView:
+    r"""What a batch's losses read of one modality's kNN view
+    :math:`\mathbf{H}_m = \mathbf{A}_m^{n}\mathbf{X}_m` (user part
+    :math:`\mathbf{R}\mathbf{H}_m`) on a sampled subgraph (:attr:`RecModel.sampled_views`).
+
+    The view is exact at an item when the subgraph holds every incoming kNN edge of every item
+    fewer than ``hops`` kNN steps upstream of it, and :math:`\mathbf{X}_m` at their sources; so
+    the subgraph closes over ``hops`` levels of incoming kNN edges from the items whose view the
+    batch reads (its *level 0*), and no further.
+
+    Attributes:
+        hops: :math:`n`, the view's kNN propagation steps.
+        users: the batch's users read the user part, i.e. the view of the items they aggregate
+            (the sources of their user-item edges).
+        positives: the batch's positives read the item part.
+        negatives: the batch's negatives read the item part.
+    """
+
+    hops: int
+    users: bool = True
+    positives: bool = True
+    negatives: bool = True
+
+
+def view_input_rows(data: HeteroData, modality: str) -> Tensor | None:
+    r"""The local items whose view input :math:`\mathbf{X}_m` the kNN propagation of ``data``
+    reads: the sources of its ``modality`` kNN edges (sorted), ``None`` on a whole graph (every
+    item). :math:`(\mathbf{A}^n\mathbf{X})` does not depend on the other rows of
+    :math:`\mathbf{X}` (``n >= 1``), so a model computes them on a subgraph only."""
+    if 'n_id' not in data['item']:
+        return None
+    return torch.unique(data[knn_edge_type(modality)].edge_index[0])
+
+
+def exact_view_items(data: HeteroData, modality: str) -> Tensor | None:
+    """The local items at which ``modality``'s view is the whole graph's on a sampled subgraph:
+    the destinations of the first closure level of its kNN edges (``num_sampled_edges[0]``, the
+    incoming edges of the items the batch reads, :class:`SampledView`); ``None`` on a whole
+    graph (every item)."""
+    if 'n_id' not in data['item']:
+        return None
+    store = data[knn_edge_type(modality)]
+    first = int(store.num_sampled_edges[0]) if 'num_sampled_edges' in store else 0
+    return torch.unique(store.edge_index[1, :first])
 
 
 def require_item_features(data: HeteroData, modalities: tuple[str, ...], model: str) -> None:
@@ -329,6 +389,20 @@ class RecModel(torch.nn.Module, ABC):
         model does not propagate over that graph (it reads the seeds' rows only), so any number
         of hops trains the same model."""
         return None
+
+    @property
+    def sampled_views(self) -> dict[str, SampledView]:
+        """The modality kNN views (by modality) that a batch's losses read on a sampled
+        subgraph, and by which rows (:class:`SampledView`); the subgraph holds the kNN edges of
+        these views only. Default: none (the model reads no kNN graph)."""
+        return {}
+
+    @property
+    def sampled_features(self) -> tuple[str, ...]:
+        """The modalities whose file feature tables (``data['item'].x_<m>``) the model reads on
+        a sampled subgraph: the subgraphs carry their rows (of all the subgraph's items), no
+        other feature table. Default: none (the model reads its own copies of the tables)."""
+        return ()
 
     def node_tables(self) -> dict[str, torch.nn.Parameter]:
         """The trainable tables with one row per user or per item that the model gathers by

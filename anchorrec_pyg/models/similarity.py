@@ -26,17 +26,32 @@ from anchorrec_pyg.models.base import node_rows
 from anchorrec_pyg.nn.propagation import TensorCache
 from anchorrec_pyg.schema import feature_key
 
-__all__ = ['raw_rows', 'cached_similarities', 'similarity_target']
+__all__ = ['raw_rows', 'cached_similarities', 'similarity_target', 'batch_similarity_target']
 
 
-def raw_rows(data: HeteroData, copy: Tensor, modality: str, from_files: bool) -> Tensor:
-    """The raw rows of ``modality`` for ``data``'s items: the model's feature ``copy`` (its
-    rows for a subgraph; published) or, with ``from_files``, the file's table
-    ``data['item'].x_<modality>`` (the paper's reading). Not detached: the caller reads it
-    without gradient."""
+def raw_rows(data: HeteroData, copy: Tensor, modality: str, from_files: bool,
+             items: Tensor | None = None) -> Tensor:
+    """The raw rows of ``modality`` for ``data``'s items (``items``: only those local items,
+    distinct): the model's feature ``copy`` (its rows for a subgraph; published) or, with
+    ``from_files``, the file's table ``data['item'].x_<modality>`` (the paper's reading). Not
+    detached: the caller reads it without gradient."""
     if from_files:
-        return data['item'][feature_key(modality)]
-    return node_rows(copy, data, 'item')
+        table = data['item'][feature_key(modality)]
+        return table if items is None else table.index_select(0, items)
+    return node_rows(copy, data, 'item', items)
+
+
+def batch_similarity_target(cache: TensorCache, name: str, data: HeteroData, copy: Tensor,
+                            modality: str, from_files: bool, distinct: Tensor, counts: Tensor,
+                            cached: bool, dtype: torch.dtype | None = None) -> SimilarityTarget:
+    """:func:`similarity_target` of the :func:`raw_rows` of ``modality``: from the whole table
+    when ``cached``, otherwise from the rows of ``distinct`` alone (no other row is gathered)."""
+    if cached:
+        return similarity_target(cache, name, raw_rows(data, copy, modality, from_files),
+                                 distinct, counts, True, dtype)
+    return similarity_target(cache, name,
+                             raw_rows(data, copy.detach(), modality, from_files, distinct),
+                             None, counts, False, dtype)
 
 
 def cached_similarities(data: HeteroData, modalities: tuple[str, ...], budget_mb: float,
@@ -61,7 +76,7 @@ def cached_similarities(data: HeteroData, modalities: tuple[str, ...], budget_mb
     return tuple(cached)
 
 
-def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Tensor,
+def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Tensor | None,
                       counts: Tensor, cached: bool,
                       dtype: torch.dtype | None = None) -> SimilarityTarget:
     """The target of the cosine similarities of ``table``'s rows ``distinct`` (a batch's sorted
@@ -69,8 +84,8 @@ def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Te
 
     With ``cached`` the ``I x I`` matrix of ``table`` is computed once and kept in ``cache`` under
     ``name`` (keyed by the table's identity and in-place version), and the block of ``distinct``
-    gathered from it; otherwise the target carries the distinct rows, normalised. ``table`` is
-    read detached.
+    gathered from it; otherwise the target carries the distinct rows, normalised (``distinct``
+    ``None``: ``table`` holds exactly those rows, in order). ``table`` is read detached.
 
     Raises:
         ValueError: ``cached`` for a table that requires grad (a trained feature copy changes
@@ -83,5 +98,6 @@ def similarity_target(cache: TensorCache, name: str, table: Tensor, distinct: Te
         packed = cache.get(name, (table, ), lambda: PackedCosineSimilarity(table.detach()))
         block = packed.block(distinct)
         return SimilarityTarget(counts, block=block.to(dtype or block.dtype))
-    unit_rows = torch.nn.functional.normalize(table.detach().index_select(0, distinct), dim=-1)
+    picked = table.detach() if distinct is None else table.detach().index_select(0, distinct)
+    unit_rows = torch.nn.functional.normalize(picked, dim=-1)
     return SimilarityTarget(counts, unit_rows=unit_rows.to(dtype or unit_rows.dtype))

@@ -67,12 +67,22 @@ class ModalityGate(torch.nn.Module):
         if isinstance(self.norm, torch.nn.LayerNorm):
             self.norm.reset_parameters()
 
-    def forward(self, item_embedding: Tensor, features: Tensor) -> Tensor:
+    def forward(self, item_embedding: Tensor, features: Tensor,
+                rows: Tensor | None = None) -> Tensor:
+        """The gated view ``[I, d]`` of the items of ``item_embedding`` (``[I, d]``).
+
+        With ``rows`` (distinct item indices) ``features`` holds those items' feature rows only
+        (``[len(rows), dim]``): the gate is computed for them alone and the other rows of the
+        view are zero (items whose view input no propagation reads, e.g. on a sampled subgraph:
+        :func:`~anchorrec_pyg.models.base.view_input_rows`)."""
         if self.grad_buffer is not None:
             projected = buffered_linear(features, self.proj, self.grad_buffer)
         else:
             projected = self.proj(self.norm(features))
-        return item_embedding * torch.sigmoid(self.gate(projected))
+        if rows is None:
+            return item_embedding * torch.sigmoid(self.gate(projected))
+        gated = item_embedding.index_select(0, rows) * torch.sigmoid(self.gate(projected))
+        return item_embedding.new_zeros(item_embedding.shape).index_copy(0, rows, gated)
 
 
 def propagate_item_views(
@@ -128,10 +138,12 @@ class ModalityConv(torch.nn.Module):
         features: Tensor,
         item_adj: Adjacency,
         user_item: Adjacency,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Returns ``(H_items [I, d], H_users [U, d])``."""
-        items, users = propagate_item_views([self.gated(item_embedding, features)], [item_adj],
-                                            user_item, self.num_layers)
+        """Returns ``(H_items [I, d], H_users [U, d])``; ``rows``: see
+        :meth:`ModalityGate.forward` (``features`` then holds those items' rows only)."""
+        items, users = propagate_item_views([self.gated(item_embedding, features, rows)],
+                                            [item_adj], user_item, self.num_layers)
         return items[0], users[0]
 
     def extra_repr(self) -> str:

@@ -18,12 +18,14 @@ contiguous share of the rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from anchorrec_pyg.models.base import SampledView
+from anchorrec_pyg.schema import MODALITIES
 from anchorrec_pyg.train.sampler import TripletSampler
 from anchorrec_pyg.train.subgraph import (
     ITEM_USER,
@@ -90,14 +92,23 @@ class SampledBatches:
         seed (int, optional): The run's seed.
         shard (Shard, optional): This process's share of each batch.
         device (torch.device, optional): Where the subgraphs go.
+        views (dict, optional): The model's
+            :attr:`~anchorrec_pyg.models.RecModel.sampled_views`, whose kNN edges the
+            subgraphs hold (:class:`~anchorrec_pyg.train.subgraph.KnnClosure`); none by
+            default.
+        features (list of str, optional): The modalities whose file feature rows the
+            subgraphs carry (the model's
+            :attr:`~anchorrec_pyg.models.RecModel.sampled_features`); default: every table.
     """
 
     def __init__(self, data: HeteroData, triplets: TripletSampler, fanout: Sequence[int],
                  seed: int = 0, shard: Shard = Shard(),
-                 device: torch.device = torch.device('cpu')) -> None:
+                 device: torch.device = torch.device('cpu'),
+                 views: Optional[Mapping[str, SampledView]] = None,
+                 features: Optional[Sequence[str]] = None) -> None:
         self.triplets, self.seed, self.shard, self.device = triplets, seed, shard, device
-        self.view = sampling_view(data)
-        self.closure = KnnClosure(self.view)
+        self.view = sampling_view(data, MODALITIES if features is None else features)
+        self.closure = KnnClosure(self.view, views)
         self.rescale = RescaledWeights(self.view)
         self.generator = torch.Generator()
         if pyg_sampling_available():

@@ -17,10 +17,14 @@ output (features and edge attributes sliced, ``n_id`` per node type, ``e_id`` pe
    :class:`torch.Generator` (seeded, deterministic); with pyg-lib or torch-sparse installed,
    PyG's :class:`~torch_geometric.loader.LinkNeighborLoader` samples instead
    (:func:`pyg_sampling_available`).
-2. **Modality kNN edges** (:class:`KnnClosure`): for every item the hops reached, all its
-   ``k`` incoming kNN edges in each ``('item', 'similar_<m>', 'item')`` graph (top-k, so already
-   bounded), their source items added to the subgraph (not expanded further: one kNN hop, exact
-   for ``n_layers = 1`` modality views).
+2. **Modality kNN edges** (:class:`KnnClosure`): only for the views the model's losses read
+   (:attr:`~anchorrec_pyg.models.RecModel.sampled_views`: per modality, which batch rows read
+   it and its kNN steps ``n``): from the items whose view the batch reads (its positives,
+   negatives, and the items its users aggregate at the first hop), ``n`` levels of incoming
+   kNN edges (top-k, so at most ``k`` per item and level) with their source items, so that the
+   view is exact there; the items the user-item hops reached only for the collaborative view
+   get no kNN edges, and a model computes the view input of the edges' sources only
+   (:func:`~anchorrec_pyg.models.base.view_input_rows`).
 3. **Edge weights** (:class:`RescaledWeights`): a sampled user-item edge :math:`(j \to i)`
    keeps its full-graph SPEC §2 weight :math:`1/\sqrt{d_i d_j}` times
    :math:`d_i / s_i`, where :math:`s_i` is the number of neighbours drawn for :math:`i`. The sum
@@ -36,7 +40,7 @@ Evaluation never sees a subgraph: it runs the full-graph forward once (SPEC §5)
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -50,6 +54,7 @@ from torch_geometric.sampler import (
 )
 from torch_geometric.typing import EdgeType
 
+from anchorrec_pyg.models.base import SampledView
 from anchorrec_pyg.schema import ITEM_USER, MODALITIES, USER_ITEM, feature_key, knn_edge_type
 
 logger = logging.getLogger(__name__)
@@ -79,12 +84,13 @@ def knn_edge_types(data: HeteroData) -> List[EdgeType]:
     return [et for et in data.edge_types if et in knn]
 
 
-def sampling_view(data: HeteroData) -> HeteroData:
-    r"""What subgraphs are cut from: :obj:`data`'s node counts and item feature tables, its
-    message-passing edges (user-item both ways, kNN graphs) with their ``edge_weight``; no
-    validation or test edges. The tensors are shared, not copied."""
+def sampling_view(data: HeteroData, features: Sequence[str] = MODALITIES) -> HeteroData:
+    r"""What subgraphs are cut from: :obj:`data`'s node counts, the item feature tables of the
+    modalities :obj:`features` (sliced into every subgraph), its message-passing edges
+    (user-item both ways, kNN graphs) with their ``edge_weight``; no validation or test edges.
+    The tensors are shared, not copied."""
     view = HeteroData()
-    feature_keys = {feature_key(m) for m in MODALITIES}
+    feature_keys = {feature_key(m) for m in features}
     for node_type in ('user', 'item'):
         store = data[node_type]
         view[node_type].num_nodes = int(store.num_nodes)
@@ -171,6 +177,10 @@ class _Relabel:
     def local(self, ids: Tensor) -> Tensor:
         return self.map[ids]
 
+    def global_ids(self, local: Tensor) -> Tensor:
+        r"""The global ids of local ids :obj:`local` (registered in this batch)."""
+        return torch.cat(self.nodes)[local]
+
     def finish(self) -> Tensor:
         r"""All nodes in local order; resets the map."""
         nodes = torch.cat(self.nodes) if self.nodes else torch.empty(0, dtype=torch.long)
@@ -250,33 +260,87 @@ class UserItemNeighborSampler(BaseSampler):
 
 
 class KnnClosure:
-    r"""Adds, to a sampler's output, every incoming kNN edge of the sampled items in each
-    ``('item', 'similar_<m>', 'item')`` graph, with their source items (a
-    ``transform_sampler_output`` of :class:`~torch_geometric.loader.LinkLoader`)."""
+    r"""Adds, to a sampler's output, the modality kNN edges a model's views need (a
+    ``transform_sampler_output`` of :class:`~torch_geometric.loader.LinkLoader`).
 
-    def __init__(self, view: HeteroData) -> None:
+    For each modality ``m`` of :obj:`views` (:attr:`~anchorrec_pyg.models.RecModel.sampled_views`)
+    its *level 0* is the batch's items whose view the losses read: the positives and/or the
+    negatives (the seed links labelled 1 / 0) and/or, for the users' view
+    :math:`\mathbf{R}\mathbf{H}_m`, the items the seed users aggregate (the sources of the first
+    hop's item-to-user edges). Then, ``hops`` times, every incoming edge of the level's items in
+    ``('item', 'similar_<m>', 'item')`` is added and its new source items form the next level.
+    So :math:`\mathbf{A}_m^{hops}\mathbf{X}_m` on the subgraph equals the whole graph's at
+    level 0, given :math:`\mathbf{X}_m` at the edges' sources; no other kNN edge is added (the
+    other modalities' edge types stay empty). ``num_sampled_edges[<m edge type>]`` counts the
+    edges per level (level 0 first: :func:`~anchorrec_pyg.models.base.exact_view_items`), and
+    ``num_sampled_nodes['item']`` gets one entry, the items the closure added.
+    """
+
+    def __init__(self, view: HeteroData, views: Optional[Mapping[str, SampledView]] = None
+                 ) -> None:
         self.num_items = int(view['item'].num_nodes)
-        self.incoming = {et: _Incoming(view[et].edge_index, self.num_items)
-                         for et in knn_edge_types(view)}
+        present = set(knn_edge_types(view))
+        self.views = dict(views or {})
+        for m in self.views:
+            if knn_edge_type(m) not in present:
+                raise ValueError(f'the data has no {knn_edge_type(m)} edges for the {m} view')
+        self.incoming = {m: _Incoming(view[knn_edge_type(m)].edge_index, self.num_items)
+                         for m in self.views}
+        self.empty = [et for et in knn_edge_types(view)
+                      if et not in {knn_edge_type(m) for m in self.views}]
         self.relabel = _Relabel(self.num_items)
 
+    def level_zero(self, out: HeteroSamplerOutput, needs: SampledView) -> Tensor:
+        r"""The local items whose view the batch reads (see the class docstring), distinct."""
+        _, label_index, label = out.metadata[:3]
+        parts = []
+        if needs.positives:
+            parts.append(label_index[1][label == 1])
+        if needs.negatives:
+            parts.append(label_index[1][label == 0])
+        if needs.users:
+            first = int(out.num_sampled_edges[ITEM_USER][0])
+            parts.append(out.row[ITEM_USER][:first])
+        if not parts:
+            return torch.empty(0, dtype=torch.long)
+        return torch.unique(torch.cat(parts).long())
+
     def __call__(self, out: HeteroSamplerOutput) -> HeteroSamplerOutput:
-        items = out.node['item']
         relabel = self.relabel
-        relabel.start(items)
-        added = []
-        for edge_type, incoming in self.incoming.items():
-            src, dst_pos, e_id = incoming.sample(items, -1, None)
-            added.append(relabel.add(src))
-            out.row[edge_type] = relabel.local(src)
-            out.col[edge_type] = dst_pos
-            out.edge[edge_type] = e_id
+        relabel.start(out.node['item'])
+        added = 0
+        for m, needs in self.views.items():
+            edge_type = knn_edge_type(m)
+            incoming = self.incoming[m]
+            level = self.level_zero(out, needs)  # local ids
+            closed = level
+            rows, cols, edges, counts = [], [], [], []
+            for _ in range(needs.hops):
+                dst = relabel.global_ids(level)
+                src, dst_pos, e_id = incoming.sample(dst, -1, None)
+                new = relabel.add(src)
+                added += new.numel()
+                local = relabel.local(src)
+                rows.append(local)
+                cols.append(level[dst_pos])
+                edges.append(e_id)
+                counts.append(e_id.numel())
+                level = torch.unique(local)
+                level = level[~torch.isin(level, closed)]
+                closed = torch.cat([closed, level])
+            out.row[edge_type] = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
+            out.col[edge_type] = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long)
+            out.edge[edge_type] = torch.cat(edges) if edges else torch.empty(0, dtype=torch.long)
             if out.num_sampled_edges is not None:
-                out.num_sampled_edges[edge_type] = [e_id.numel()]
+                out.num_sampled_edges[edge_type] = counts
+        for edge_type in self.empty:
+            out.row[edge_type] = out.col[edge_type] = out.edge[edge_type] = torch.empty(
+                0, dtype=torch.long)
+            if out.num_sampled_edges is not None:
+                out.num_sampled_edges[edge_type] = [0]
         out.node['item'] = relabel.finish()
         if out.num_sampled_nodes is not None:
-            out.num_sampled_nodes['item'] = (list(out.num_sampled_nodes['item']) +
-                                             [sum(a.numel() for a in added)])
+            out.num_sampled_nodes['item'] = list(out.num_sampled_nodes['item']) + [added]
         return out
 
 

@@ -182,7 +182,8 @@ class Trainer:
                                   f'{type(model).__name__} propagates {hops} user-item layer(s) '
                                   f'(model.{key}={hops}): give one fan-out per layer')
             self.batches = SampledBatches(copy.copy(data).cpu(), self.sampler, train.fanout,
-                                          self.seed, shard, self.device)
+                                          self.seed, shard, self.device, model.sampled_views,
+                                          model.sampled_features)
         self.data = data.to(self.device)
         if train.mode == 'full':
             self.batches = FullBatches(self.data, self.sampler, shard)
