@@ -6,6 +6,8 @@ import math
 import os
 import shutil
 import stat
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,32 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.marker, 'w'))
+
+
+def test_datasets_opened_at_once_build_the_processed_file_once(tiny_copy, monkeypatch):
+    root, name = tiny_copy
+    builds, started = [], threading.Barrier(2)
+    original = MMRecDataset.process
+
+    def slow_counting(self):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # the other opener arrives while this build runs
+        original(self)
+
+    monkeypatch.setattr(MMRecDataset, 'process', slow_counting)
+    opened = []
+
+    def open_dataset():
+        started.wait()
+        opened.append(MMRecDataset(root, name, log=False))
+
+    threads = [threading.Thread(target=open_dataset) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(opened) == 2
+    assert torch.equal(opened[0][0][UI].edge_index, opened[1][0][UI].edge_index)
 
 
 def test_hostile_processed_file_is_refused(tiny_copy, tmp_path, caplog):

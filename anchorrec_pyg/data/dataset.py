@@ -7,7 +7,9 @@ rebuilds it, and nothing else does. The processed file holds only tensors and pr
 read with ``torch.load(weights_only=True)``; anything else is refused. Its SHA-256 is recorded
 beside it (``<file>.sha256``, :func:`anchorrec_pyg.io.atomic_write`) and checked before every
 load: a corrupt cache is rebuilt, with a warning. The processed folder is created only when a
-build has succeeded, so a refused dataset folder is left as it was.
+build has succeeded, so a refused dataset folder is left as it was. Processes that open the same
+dataset at once (``compare`` workers, the ranks of ``train --nproc``) build it once: the others
+wait on a lock file under ``<home>/locks`` and then load the finished file.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from anchorrec_pyg.errors import DataError, OutputError
 from anchorrec_pyg.io import (
     atomic_write,
     check_writable_folder,
+    lock_file,
     remove_file,
     verify_checksum,
     zip_crc_ok,
@@ -60,6 +63,20 @@ def _file_hash(path: str, digest: 'hashlib._Hash') -> None:
     with open(path, 'rb') as f:
         while chunk := f.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
+
+
+def _build_lock(processed_path: str) -> Path:
+    r"""The lock file that serialises builds of the processed file :obj:`processed_path`: kept
+    in ``<home>/locks`` (always writable, whereas the processed folder is created only when a
+    build succeeds), named by a hash of the path."""
+    folder = anchorrec_home() / 'locks'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f'cannot create {folder} ({e.strerror}); set ANCHORREC_PYG_HOME to a '
+                          'writable folder') from None
+    digest = hashlib.sha256(osp.abspath(processed_path).encode()).hexdigest()[:16]
+    return folder / f'processed-{digest}.lock'
 
 
 class MMRecDataset(InMemoryDataset):
@@ -255,17 +272,18 @@ class MMRecDataset(InMemoryDataset):
 
     def _process(self) -> None:
         path = self.processed_paths[0]
-        if not self.force_reload and osp.isfile(path):
-            if self._cache_intact(path):
-                return
-            logger.warning('%s: corrupt processed file (%s); rebuilding it', path,
-                           'its SHA-256 differs from the recorded one'
-                           if verify_checksum(path) is False else 'its zip CRC check fails')
-        start = time.perf_counter()
-        self.process()
-        if self.log:
-            logger.info('processed %s (%s, k=%d) in %.2fs -> %s', self.name,
-                        '+'.join(self.modalities), self.k, time.perf_counter() - start, path)
+        with lock_file(_build_lock(path), blocking=True):
+            if not self.force_reload and osp.isfile(path):
+                if self._cache_intact(path):
+                    return
+                logger.warning('%s: corrupt processed file (%s); rebuilding it', path,
+                               'its SHA-256 differs from the recorded one'
+                               if verify_checksum(path) is False else 'its zip CRC check fails')
+            start = time.perf_counter()
+            self.process()
+            if self.log:
+                logger.info('processed %s (%s, k=%d) in %.2fs -> %s', self.name,
+                            '+'.join(self.modalities), self.k, time.perf_counter() - start, path)
 
     def process(self) -> None:
         files = self._raw_files()
