@@ -272,6 +272,8 @@ class MMRecDataset(InMemoryDataset):
 
     def _process(self) -> None:
         path = self.processed_paths[0]
+        if not self.force_reload and osp.isfile(path) and self._cache_intact(path):
+            return  # the common case: no lock, so openers of a built file check it in parallel
         with lock_file(_build_lock(path), blocking=True):
             if not self.force_reload and osp.isfile(path):
                 if self._cache_intact(path):
