@@ -218,7 +218,7 @@ def remove_staging_folders(parent: PathLike, name: str) -> None:
     writers left in :obj:`parent` (a writer removes its own on any exception; ``SIGKILL`` gives
     it no chance). Call it only while holding the lock that serialises writers of ``name``."""
     random = re.compile(re.escape(_staging_prefix(name)) + r'[a-z0-9_]{8}')
-    for folder in Path(parent).glob(f'{_staging_prefix(name)}*'):
+    for folder in Path(parent).iterdir():
         if random.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
 
