@@ -26,7 +26,11 @@ peak; the mean subgraph of a batch (users, items, message-passing edges) against
 graph, and the items whose view input (the projection of their feature row) each modality
 computes (the sources of the subgraph's kNN edges of that modality). ``--sizes-for
 full=1,2,4`` limits one mode to some of the sizes; ``--set KEY=VALUE`` overrides the
-configuration of every job (e.g. ``model.n_layers=2``).
+configuration of every job (e.g. ``model.n_layers=2``). ``--nproc 1,2`` times every size and mode
+with one process and with two data-parallel processes (torchrun, gloo over loopback; each
+process trains its half of the global batch ``B``, as ``anchorrec-pyg train --nproc 2``): the row
+of several processes gives the slowest process's seconds per batch and its peaks, so its epoch
+estimate is the epoch's time with one core per process.
 
 **Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
 once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
@@ -110,9 +114,10 @@ class TimedBatches:
 
 
 def worker(spec: dict) -> dict:
-    """One timing measurement in this process (``--worker``)."""
+    """One timing measurement in this process (``--worker``); with ``spec['nproc'] > 1`` this
+    process is one of torchrun's workers and trains its share of every global batch."""
     from anchorrec_pyg.config import load_config
-    from anchorrec_pyg.train import Trainer
+    from anchorrec_pyg.train import Trainer, distributed
     from anchorrec_pyg.train.runner import build_model, load_data, required_modalities
     torch.set_num_threads(spec['threads'])
     mode, _, sparse = spec['mode'].partition('-')
@@ -120,11 +125,13 @@ def worker(spec: dict) -> dict:
                                 f'train.mode={mode}', f"train.fanout={spec['fanout']}",
                                 f'train.sparse_updates={str(bool(sparse)).lower()}',
                                 'train.device=cpu', f"train.num_threads={spec['threads']}",
-                                f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]'] +
-                         spec['sets'])
+                                f"train.batch_size={spec['batch_size']}", 'eval.ks=[20]',
+                                f"train.nproc={spec['nproc']}"] + spec['sets'])
+    dist = (distributed.worker_context(spec['nproc'], 'cpu', 600) if spec['nproc'] > 1
+            else distributed.DistContext())
     data = load_data(config.data, required_modalities(config), log=False)
     model = build_model(config, data, 999)
-    trainer = Trainer(model, data, config.train, config.eval, seed=999)
+    trainer = Trainer(model, data, config.train, config.eval, seed=999, dist=dist)
     batches_per_epoch = len(trainer.batches)
     count = min(spec['warmup'] + spec['batches'], batches_per_epoch)
     mark = {}
@@ -159,19 +166,36 @@ def worker(spec: dict) -> dict:
         'peak_rss_mb': max(mark['setup_hwm_kb'], _status_kb('VmHWM')) / 1024,
         'trainable_params': params,
         'row_sparse_params': sparse_rows, 'sampler': trainer.batches.description,
+        'rank': dist.rank,
     }
 
 
-def time_one(args, root: Path, name: str, mode: str) -> dict:
+def time_one(args, root: Path, name: str, mode: str, nproc: int) -> dict:
+    """One timing job: a fresh process, or ``nproc`` data-parallel processes started by
+    torchrun (gloo over loopback, each with ``--threads`` threads). For several processes the
+    step is the slowest process's: CPU and wall seconds per batch, the peaks and the subgraph
+    are the maxima over the processes (each process's subgraph is its share of the batch)."""
     spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
             'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
-            'batch_size': args.batch_size, 'sets': args.set}
+            'batch_size': args.batch_size, 'sets': args.set, 'nproc': nproc}
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
-    proc = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
+    command = [sys.executable, __file__, '--worker', json.dumps(spec)]
+    if nproc > 1:
+        from anchorrec_pyg.train.distributed import free_port
+        command[1:1] = ['-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
+                        '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{free_port()}']
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f'{name} {mode} failed: {proc.stderr.strip()[-2000:]}')
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f'{name} {mode} x{nproc} failed: {proc.stderr.strip()[-2000:]}')
+    runs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+    if len(runs) != nproc:
+        raise SystemExit(f'{name} {mode} x{nproc}: {len(runs)} of {nproc} processes reported')
+    run = min(runs, key=lambda r: r['rank'])
+    for key in ('s_per_batch', 's_per_epoch', 'cpu_s_per_batch', 'cpu_s_per_epoch',
+                'sub_users', 'sub_items', 'sub_edges', 'step_peak_mb', 'peak_rss_mb'):
+        run[key] = max(r[key] for r in runs)
+    run['view_inputs'] = {m: max(r['view_inputs'][m] for r in runs) for m in MODALITIES}
+    return run
 
 
 def accuracy_one(args, root: Path, name: str, mode: str, seed: int, scratch: Path) -> dict:
@@ -212,6 +236,11 @@ def per_doubling(sizes: list, values: list) -> list:
             for s1, s2, v1, v2 in zip(sizes, sizes[1:], values, values[1:])]
 
 
+def label(run: dict) -> str:
+    """A timing row's mode, with its process count when several."""
+    return run['mode'] if run['nproc'] == 1 else f"{run['mode']} x{run['nproc']}"
+
+
 def load_average() -> str:
     return ' '.join(f'{v:.1f}' for v in os.getloadavg())
 
@@ -230,6 +259,9 @@ def main() -> None:
     parser.add_argument('--modes', default='full,sampled,sampled-sparse',
                         help='full, sampled (dense Adam), sampled-sparse (train.sparse_updates)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per process')
+    parser.add_argument('--nproc', default='1',
+                        help='data-parallel processes per job, one or several (e.g. 1,2): '
+                             'each count is timed for every size and mode')
     parser.add_argument('--sizes-for', action='append', default=[], metavar='MODE=SIZES',
                         help='the sizes of one mode only (e.g. full=1,2,4); default --sizes')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -257,6 +289,7 @@ def main() -> None:
     data_root, out = Path(args.data_root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(',')
+    nprocs = [int(n) for n in args.nproc.split(',')]
     mode_sizes = {mode: sizes for mode in modes}
     for item in args.sizes_for:
         mode, _, listed = item.partition('=')
@@ -274,26 +307,28 @@ def main() -> None:
         timing = []
         for size in sorted({s for listed in mode_sizes.values() for s in listed}):
             name = dataset(data_root, base * size)
-            for mode in (m for m in modes if size in mode_sizes[m]):
-                run = time_one(args, data_root, name, mode)
-                run.update(size=size, data=name, mode=mode, load=load_average())
+            for mode, nproc in ((m, n) for m in modes if size in mode_sizes[m]
+                                for n in nprocs):
+                run = time_one(args, data_root, name, mode, nproc)
+                run.update(size=size, data=name, mode=mode, nproc=nproc, load=load_average())
                 timing.append(run)
-                print(f"  {name} {mode:14s}: CPU {run['cpu_s_per_batch']:.3f} s/batch x "
+                print(f"  {name} {label(run):14s}: CPU {run['cpu_s_per_batch']:.3f} s/batch x "
                       f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} s/epoch "
                       f"(wall {run['s_per_batch']:.3f} s/batch; load {run['load']}); subgraph "
                       f"{run['sub_users']:,.0f} users, {run['sub_items']:,.0f} items, "
                       f"{run['sub_edges']:,.0f} edges; view inputs {run['view_inputs']}; step "
                       f"peak {run['step_peak_mb']:.0f} MB", flush=True)
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
-        print('\n| x Baby | users / items / interactions | mode | CPU s/batch | CPU s/epoch '
-              '(est.) | wall s/batch | subgraph users | subgraph items | subgraph edges '
-              '| view inputs mm / text / image | step peak MB | peak RSS MB | load |')
+        print('\n| x Baby | users / items / interactions | mode (x processes) | CPU s/batch '
+              '| CPU s/epoch (est.) | wall s/batch | subgraph users | subgraph items '
+              '| subgraph edges | view inputs mm / text / image | step peak MB | peak RSS MB '
+              '| load |')
         print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
         for r in timing:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
             full_edges = r['graph_edges']
             print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
-                  f"{r['interactions']:,} | {r['mode']} | {r['cpu_s_per_batch']:.3f} | "
+                  f"{r['interactions']:,} | {label(r)} | {r['cpu_s_per_batch']:.3f} | "
                   f"{r['cpu_s_per_epoch']:.1f} | {r['s_per_batch']:.3f} | "
                   f"{share(r['sub_users'], r['users'])} | "
                   f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
@@ -303,14 +338,14 @@ def main() -> None:
               '| per doubling, size to size |')
         print('|---|---|---|---|---|')
         exponents, doublings = {}, {}
-        for mode in modes:
-            rows = [r for r in timing if r['mode'] == mode]
+        for key in dict.fromkeys(label(r) for r in timing):
+            rows = [r for r in timing if label(r) == key]
             xs, ys = [r['size'] for r in rows], [r['cpu_s_per_epoch'] for r in rows]
             a = slope(xs, ys)
-            exponents[mode], doublings[mode] = a, per_doubling(xs, ys)
+            exponents[key], doublings[key] = a, per_doubling(xs, ys)
             steps = ', '.join(f'{base * s1:g}->{base * s2:g}: {g:.2f}x'
-                              for s1, s2, g in zip(xs, xs[1:], doublings[mode]))
-            print(f"| {mode} | {', '.join(f'{base * x:g}' for x in xs)} | {a:.2f} | "
+                              for s1, s2, g in zip(xs, xs[1:], doublings[key]))
+            print(f"| {key} | {', '.join(f'{base * x:g}' for x in xs)} | {a:.2f} | "
                   f'{2 ** a:.2f}x | {steps} |')
         result.update(timing=timing, exponents=exponents, per_doubling=doublings)
 
