@@ -175,6 +175,12 @@ class TrainConfig:
         fanout: ``'sampled'`` only: the neighbours drawn per node at each user-item hop (one
             entry per hop, ``-1`` = all neighbours); as many hops as the model has user-item
             propagation layers (``RecModel.sampled_hops``, checked when training starts).
+        knn_fanout: ``'sampled'`` only: the incoming kNN edges drawn per item at each level
+            of the kNN closure (the views the losses read), uniformly without replacement,
+            their weights multiplied by :math:`k_i / s_i` (an unbiased
+            :math:`\mathbf{A}_m\mathbf{X}_m` at the level's items); ``-1`` (the default)
+            keeps every incoming edge, the views exact. Ignored in ``'full'`` mode, as
+            :attr:`fanout` is (the log says so).
         sparse_updates: Row-sparse updates of the model's node tables (ID tables, trainable
             feature copies): their gradient holds the subgraph's rows only and
             ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
@@ -203,6 +209,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     mode: str = 'full'
     fanout: List[int] = field(default_factory=lambda: [20, 10])
+    knn_fanout: int = -1
     sparse_updates: bool = False
     nproc: int = 1
     dist_timeout_s: float = 1800.0
@@ -240,6 +247,10 @@ class TrainConfig:
         _require(len(self.fanout) > 0 and all(f >= 1 or f == -1 for f in self.fanout),
                  'train.fanout', 'must list one fan-out per hop, each a positive int or -1 '
                  f'(all neighbours) (got {self.fanout})')
+        _require(isinstance(self.knn_fanout, int) and not isinstance(self.knn_fanout, bool)
+                 and (self.knn_fanout >= 1 or self.knn_fanout == -1), 'train.knn_fanout',
+                 'must be a positive int (incoming kNN edges drawn per item and level) or -1 '
+                 f'(every incoming kNN edge) (got {self.knn_fanout!r})')
         _require(not (self.sparse_updates and self.mode == 'full'), 'train.sparse_updates',
                  "needs train.mode=sampled (a full-graph step gives every row a gradient: "
                  "dense Adam)")

@@ -323,7 +323,11 @@ class AnchorRec(GraphRecModel):
         over every edge of the mm kNN graph on a whole graph; on a sampled subgraph the mean
         over its mm kNN edges whose both ends have the whole graph's view
         (:func:`~anchorrec_pyg.models.base.exact_view_items`: the items the batch reads, whose
-        view the subgraph computes exactly), a sample of the same mean."""
+        view the subgraph computes exactly), a sample of the same mean. With a kNN fan-out
+        (``train.knn_fanout``) those edges are drawn, each with probability :math:`s_i/k_i`,
+        and their weights carry :math:`k_i/s_i` (``edge_scale``), so the weighted sum is
+        divided by the sum of the factors instead of the edge count (the ratio estimator of the
+        same mean; dividing by the count would inflate the term by about :math:`k/s`)."""
         knn = data[knn_edge_type('mm')]
         exact = exact_view_items(data, 'mm')
         if exact is None:
@@ -334,4 +338,8 @@ class AnchorRec(GraphRecModel):
         keep = member[knn.edge_index[0]] & member[knn.edge_index[1]]
         if not bool(keep.any()):
             return h_mm.new_zeros(())
-        return self.smoothness(h_mm, knn.edge_index[:, keep], knn.edge_weight[keep])
+        value = self.smoothness(h_mm, knn.edge_index[:, keep], knn.edge_weight[keep])
+        if 'edge_scale' in knn:
+            scale = knn.edge_scale[keep]
+            value = value * (scale.numel() / scale.sum())
+        return value

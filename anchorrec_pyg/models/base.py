@@ -273,8 +273,8 @@ def view_input_rows(data: HeteroData, modality: str) -> Tensor | None:
 def exact_view_items(data: HeteroData, modality: str) -> Tensor | None:
     """The local items at which ``modality``'s view is the whole graph's on a sampled subgraph:
     the destinations of the first closure level of its kNN edges (``num_sampled_edges[0]``, the
-    incoming edges of the items the batch reads, :class:`SampledView`); ``None`` on a whole
-    graph (every item)."""
+    incoming edges of the items the batch reads, :class:`SampledView`), an unbiased estimate of
+    it with a kNN fan-out (``train.knn_fanout``); ``None`` on a whole graph (every item)."""
     if 'n_id' not in data['item']:
         return None
     store = data[knn_edge_type(modality)]

@@ -99,18 +99,24 @@ class SampledBatches:
         features (list of str, optional): The modalities whose file feature rows the
             subgraphs carry (the model's
             :attr:`~anchorrec_pyg.models.RecModel.sampled_features`); default: every table.
+        knn_fanout (int, optional): ``train.knn_fanout``: the incoming kNN edges drawn per
+            item and closure level (``-1``, the default: all of them), their weights scaled
+            by :math:`k_i / s_i`; drawn with the neighbour sampler's generator.
     """
 
     def __init__(self, data: HeteroData, triplets: TripletSampler, fanout: Sequence[int],
                  seed: int = 0, shard: Shard = Shard(),
                  device: torch.device = torch.device('cpu'),
                  views: Optional[Mapping[str, SampledView]] = None,
-                 features: Optional[Sequence[str]] = None) -> None:
+                 features: Optional[Sequence[str]] = None, knn_fanout: int = -1) -> None:
         self.triplets, self.seed, self.shard, self.device = triplets, seed, shard, device
         self.view = sampling_view(data, MODALITIES if features is None else features)
-        self.closure = KnnClosure(self.view, views)
-        self.rescale = RescaledWeights(self.view)
         self.generator = torch.Generator()
+        self.closure = KnnClosure(self.view, views, knn_fanout, self.generator)
+        self.rescale = RescaledWeights(self.view, () if knn_fanout == -1 else list(views or {}))
+        knn = ('-1 (every incoming kNN edge)' if knn_fanout == -1 else
+               f'{knn_fanout} (incoming kNN edges per item and level, weights x k_i/s_i)')
+        head = f'sampled subgraphs, fan-out {list(fanout)}, kNN fan-out {knn}'
         if pyg_sampling_available():
             from torch_geometric.sampler import NeighborSampler
             hops = len(fanout)
@@ -118,13 +124,12 @@ class SampledBatches:
             num_neighbors.update({et: [0] * hops for et in knn_edge_types(self.view)})
             self.sampler = NeighborSampler(self.view, num_neighbors=num_neighbors,
                                            subgraph_type='directional', disjoint=False)
-            self.description = (f'sampled subgraphs, fan-out {list(fanout)}: PyG '
-                                'NeighborSampler (pyg-lib/torch-sparse) via LinkLoader')
+            self.description = (f'{head}: PyG NeighborSampler (pyg-lib/torch-sparse) via '
+                                'LinkLoader')
         else:
             self.sampler = UserItemNeighborSampler(self.view, fanout, self.generator)
-            self.description = (f'sampled subgraphs, fan-out {list(fanout)}: '
-                                'UserItemNeighborSampler (torch ops; pyg-lib and torch-sparse '
-                                'are not installed) via LinkLoader')
+            self.description = (f'{head}: UserItemNeighborSampler (torch ops; pyg-lib and '
+                                'torch-sparse are not installed) via LinkLoader')
 
     def __len__(self) -> int:
         return len(self.triplets)

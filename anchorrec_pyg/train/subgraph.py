@@ -24,7 +24,10 @@ output (features and edge attributes sliced, ``n_id`` per node type, ``e_id`` pe
    kNN edges (top-k, so at most ``k`` per item and level) with their source items, so that the
    view is exact there; the items the user-item hops reached only for the collaborative view
    get no kNN edges, and a model computes the view input of the edges' sources only
-   (:func:`~anchorrec_pyg.models.base.view_input_rows`).
+   (:func:`~anchorrec_pyg.models.base.view_input_rows`). With a kNN fan-out ``s``
+   (``train.knn_fanout``) each item of a level keeps :math:`\min(s, k_i)` of its :math:`k_i`
+   incoming edges, drawn uniformly without replacement, and only the drawn sources form the
+   next level.
 3. **Edge weights** (:class:`RescaledWeights`): a sampled user-item edge :math:`(j \to i)`
    keeps its full-graph SPEC §2 weight :math:`1/\sqrt{d_i d_j}` times
    :math:`d_i / s_i`, where :math:`s_i` is the number of neighbours drawn for :math:`i`. The sum
@@ -33,7 +36,15 @@ output (features and edge attributes sliced, ``n_id`` per node type, ``e_id`` pe
    embeddings the model trains on have the scale of the full-graph embeddings that evaluation
    ranks with. With ``-1`` (or :math:`d_i \le` fan-out) the factor is 1 and the seeds'
    embeddings equal the full graph's exactly, given as many hops as layers. The kNN edges keep
-   their weights (all ``k`` are kept).
+   their weights when all are kept (``train.knn_fanout: -1``, the default); with a kNN fan-out
+   a drawn kNN edge into item :math:`i` is multiplied by :math:`k_i / s_i` in the same way, so
+   that :math:`(\mathbf{A}_m\mathbf{X}_m)_i` on the subgraph is an unbiased estimate of the
+   whole graph's at every closure level's items, and the factor is kept as the edge
+   attribute ``edge_scale``. Over several levels (``n > 1``) each item draws once, at the level
+   where it is first a destination, and every path through it reuses that draw: a path that
+   passes an item twice (its self-loop, or a mutual pair at ``n = 3``) multiplies two
+   indicators of one draw, so :math:`\mathbf{A}_m^n\mathbf{X}_m` keeps a bias there
+   (docs/scale.md, "kNN fan-out"); at ``n = 1`` there is none.
 
 Evaluation never sees a subgraph: it runs the full-graph forward once (SPEC §5).
 """
@@ -274,10 +285,18 @@ class KnnClosure:
     other modalities' edge types stay empty). ``num_sampled_edges[<m edge type>]`` counts the
     edges per level (level 0 first: :func:`~anchorrec_pyg.models.base.exact_view_items`), and
     ``num_sampled_nodes['item']`` gets one entry, the items the closure added.
+
+    With :obj:`fanout` ``s`` (``train.knn_fanout``, ``-1``: every edge) each item of a level
+    keeps :math:`\min(s, k_i)` of its :math:`k_i` incoming edges, drawn uniformly without
+    replacement with :obj:`generator`, and only their sources form the next level; each item
+    is a destination once per modality (at the first level it is in), so
+    :class:`RescaledWeights` reads :math:`s_i` off the subgraph. The draw consumes no random
+    numbers when no item of a level has more than ``s`` incoming edges (``-1``: never).
     """
 
-    def __init__(self, view: HeteroData, views: Optional[Mapping[str, SampledView]] = None
-                 ) -> None:
+    def __init__(self, view: HeteroData, views: Optional[Mapping[str, SampledView]] = None,
+                 fanout: int = -1, generator: Optional[torch.Generator] = None) -> None:
+        self.fanout, self.generator = int(fanout), generator
         self.num_items = int(view['item'].num_nodes)
         present = set(knn_edge_types(view))
         self.views = dict(views or {})
@@ -317,7 +336,7 @@ class KnnClosure:
             rows, cols, edges, counts = [], [], [], []
             for _ in range(needs.hops):
                 dst = relabel.global_ids(level)
-                src, dst_pos, e_id = incoming.sample(dst, -1, None)
+                src, dst_pos, e_id = incoming.sample(dst, self.fanout, self.generator)
                 new = relabel.add(src)
                 added += new.numel()
                 local = relabel.local(src)
@@ -346,22 +365,43 @@ class KnnClosure:
 
 class RescaledWeights:
     r"""Rescales the sampled user-item edges' weights by :math:`d_i / s_i` (full degree over
-    drawn neighbours of the destination, see the module docstring); a ``transform`` of
-    :class:`~torch_geometric.loader.LinkLoader`."""
+    drawn neighbours of the destination, see the module docstring), and, for the modalities
+    :obj:`knn` whose closure drew a kNN fan-out, the kNN edges' weights by :math:`k_i / s_i`
+    (full in-degree in that kNN graph over edges drawn), that factor kept per edge in
+    ``edge_scale``; a ``transform`` of :class:`~torch_geometric.loader.LinkLoader`. The kNN edge
+    types of the other modalities are left as sliced (every incoming edge kept: factor 1)."""
 
-    def __init__(self, view: HeteroData) -> None:
+    def __init__(self, view: HeteroData, knn: Sequence[str] = ()) -> None:
         self.degree = {
             et: torch.bincount(view[et].edge_index[1], minlength=int(view[et[2]].num_nodes))
             for et in HOP_TYPES
+        }
+        num_items = int(view['item'].num_nodes)
+        self.knn_degree = {
+            knn_edge_type(m): torch.bincount(view[knn_edge_type(m)].edge_index[1],
+                                             minlength=num_items)
+            for m in knn
         }
 
     def __call__(self, sub: HeteroData) -> HeteroData:
         for edge_type in HOP_TYPES:
             store = sub[edge_type]
-            dst_type = edge_type[2]
-            dst = store.edge_index[1]
-            drawn = torch.bincount(dst, minlength=int(sub[dst_type].num_nodes))
-            full = self.degree[edge_type][sub[dst_type].n_id]
-            scale = full.to(store.edge_weight.dtype) / drawn.clamp(min=1)
-            store.edge_weight = store.edge_weight * scale[dst]
+            store.edge_weight = store.edge_weight * self._scale(sub, edge_type,
+                                                                self.degree[edge_type])
+        for edge_type, degree in self.knn_degree.items():
+            store = sub[edge_type]
+            store.edge_scale = self._scale(sub, edge_type, degree)
+            store.edge_weight = store.edge_weight * store.edge_scale
         return sub
+
+    @staticmethod
+    def _scale(sub: HeteroData, edge_type: EdgeType, degree: Tensor) -> Tensor:
+        r"""Per edge of :obj:`sub`'s :obj:`edge_type`: the full in-degree of its destination
+        over the edges the subgraph holds into it."""
+        store = sub[edge_type]
+        dst_type = edge_type[2]
+        dst = store.edge_index[1]
+        drawn = torch.bincount(dst, minlength=int(sub[dst_type].num_nodes))
+        full = degree[sub[dst_type].n_id]
+        scale = full.to(store.edge_weight.dtype) / drawn.clamp(min=1)
+        return scale[dst]

@@ -183,11 +183,14 @@ class Trainer:
                                   f'(model.{key}={hops}): give one fan-out per layer')
             self.batches = SampledBatches(copy.copy(data).cpu(), self.sampler, train.fanout,
                                           self.seed, shard, self.device, model.sampled_views,
-                                          model.sampled_features)
+                                          model.sampled_features, train.knn_fanout)
         self.data = data.to(self.device)
         if train.mode == 'full':
             self.batches = FullBatches(self.data, self.sampler, shard)
-        logger.info('%sbatches: %s', self.log_prefix, self.batches.description)
+        ignored = (f' (train.knn_fanout={train.knn_fanout} ignored: it applies to '
+                   'train.mode=sampled only)' if train.mode == 'full' and train.knn_fanout != -1
+                   else '')
+        logger.info('%sbatches: %s%s', self.log_prefix, self.batches.description, ignored)
         # every process's loss divides its L2 term by its share of B (see train.distributed)
         self.loss_batch_size = train.batch_size // dist.world
         self.sparse_tables = self.model.node_tables() if train.sparse_updates else {}
