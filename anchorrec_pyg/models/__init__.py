@@ -9,6 +9,7 @@ from anchorrec_pyg.models.base import (
     node_ids,
     node_rows,
     require_item_features,
+    row_gradient_buffers,
     row_sparse_gradients,
 )
 from anchorrec_pyg.models.bm3 import BM3
@@ -39,6 +40,7 @@ __all__ = [
     'node_ids',
     'node_rows',
     'require_item_features',
+    'row_gradient_buffers',
     'row_sparse_gradients',
     'AnchorRec',
     'LightGCN',

@@ -126,6 +126,8 @@ class AnchorRec(GraphRecModel):
                 buffers kept between steps (:mod:`anchorrec_pyg.nn.feature_grad`): the same
                 values without allocating (and page-faulting) the ``I x f`` gradients every
                 step; a table's gradient tensor is overwritten by the next backward pass.
+                Full mode; in sampled mode the trainer writes every node table's gradient (the
+                subgraph's rows) into kept buffers (``row_gradient_buffers``), whatever this key.
         """
 
         n_ui_layers: int = 2

@@ -43,7 +43,9 @@ Subgraphs: a model reads node ids from ``data[node_type].n_id`` when present (el
 own nodes; everything else (features, edges) is read from the data object it is given. The
 tables it gathers that way (:func:`node_rows`) are its *node tables*
 (:meth:`RecModel.node_tables`); inside :func:`row_sparse_gradients` their gradient on a
-subgraph is row-sparse, for ``torch.optim.SparseAdam``.
+subgraph is row-sparse, for the row-sparse optimiser, and inside :func:`row_gradient_buffers`
+it is written into a kept table-sized buffer (dense, the same values) instead of a fresh
+tensor of zeros per step.
 
 Data-derived objects (adjacency operators, normalised feature tables) are built once per data
 object and kept in ``self.graph_cache`` (:class:`~anchorrec_pyg.nn.propagation.TensorCache`),
@@ -68,6 +70,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from anchorrec_pyg.errors import ConfigError, DataError
+from anchorrec_pyg.nn.feature_grad import GradBuffer, buffered_rows
 from anchorrec_pyg.nn.lightgcn import user_item_adjacency
 from anchorrec_pyg.nn.propagation import Adjacency, PropagationBackend, TensorCache
 from anchorrec_pyg.schema import (
@@ -90,6 +93,7 @@ __all__ = [
     'exact_view_items',
     'node_rows',
     'row_sparse_gradients',
+    'row_gradient_buffers',
     'rows',
     'require_item_features',
     'require_knn_graphs',
@@ -215,11 +219,33 @@ def row_sparse_gradients(tables: Iterable[Tensor]) -> Iterator[None]:
         _ROW_SPARSE.reset(token)
 
 
+#: The kept gradient buffers (by table id) into which :func:`node_rows` writes the gradient of
+#: a subgraph's rows.
+_ROW_BUFFERS: contextvars.ContextVar[dict[int, GradBuffer]] = contextvars.ContextVar(
+    'row_gradient_buffers', default={})
+
+
+@contextlib.contextmanager
+def row_gradient_buffers(buffers: Iterable[tuple[Tensor, GradBuffer]]) -> Iterator[None]:
+    """Within the block, :func:`node_rows` gathers a subgraph's rows of each table of
+    ``buffers`` (``(table, buffer)`` pairs) with its gradient written into the table's kept
+    buffer (:func:`~anchorrec_pyg.nn.feature_grad.buffered_rows`): bit for bit the gradient of
+    ``index_select``, without allocating and zero-filling a table-sized tensor per step (only
+    the rows of the previous step are zeroed). Whole tables (no ``n_id``) are not gathered and
+    keep their gradient; :func:`row_sparse_gradients` takes precedence."""
+    token = _ROW_BUFFERS.set({id(table): buffer for table, buffer in buffers})
+    try:
+        yield
+    finally:
+        _ROW_BUFFERS.reset(token)
+
+
 def node_rows(table: Tensor, data: HeteroData, node_type: str,
               index: Tensor | None = None) -> Tensor:
     """The rows of a per-node table (``[num_nodes_total, ...]``) for ``data[node_type]``'s nodes:
     ``table[n_id]`` on a subgraph (with a row-sparse gradient inside
-    :func:`row_sparse_gradients`), the table itself (no copy) otherwise. With ``index`` (local
+    :func:`row_sparse_gradients`, into a kept buffer inside :func:`row_gradient_buffers`), the
+    table itself (no copy) otherwise. With ``index`` (local
     node indices, distinct) only those nodes' rows: ``table[n_id[index]]`` on a subgraph,
     ``table[index]`` otherwise."""
     store = data[node_type]
@@ -228,6 +254,9 @@ def node_rows(table: Tensor, data: HeteroData, node_type: str,
         if id(table) in _ROW_SPARSE.get():
             # n_id holds distinct nodes: the sparse gradient has no duplicate rows to sum
             return torch.nn.functional.embedding(ids, table, sparse=True)
+        buffer = _ROW_BUFFERS.get().get(id(table))
+        if buffer is not None:
+            return buffered_rows(table, ids, buffer)
         return rows(table, ids)
     if table.size(0) != store.num_nodes:
         raise DataError(f"the data has {store.num_nodes} '{node_type}' nodes but the model was "

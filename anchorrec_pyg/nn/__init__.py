@@ -1,7 +1,13 @@
 """Graph building blocks of AnchorRec: propagation backends, LightGCN, modality convolutions and
 the projection domain."""
 from anchorrec_pyg.nn.fast_csr import CSROperator, CSRSpMM, FastCSRBackend
-from anchorrec_pyg.nn.feature_grad import BufferedGradLinear, GradBuffer, buffered_linear
+from anchorrec_pyg.nn.feature_grad import (
+    BufferedGradLinear,
+    BufferedRowGather,
+    GradBuffer,
+    buffered_linear,
+    buffered_rows,
+)
 from anchorrec_pyg.nn.hypergraph import HypergraphPropagation, soft_membership
 from anchorrec_pyg.nn.latent_graph import LatentItemGraph
 from anchorrec_pyg.nn.lightgcn import (
@@ -45,8 +51,10 @@ __all__ = [
     'user_item_edges',
     'user_item_adjacency',
     'BufferedGradLinear',
+    'BufferedRowGather',
     'GradBuffer',
     'buffered_linear',
+    'buffered_rows',
     'ModalityGate',
     'ModalityConv',
     'propagate_item_views',

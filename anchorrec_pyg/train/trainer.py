@@ -44,7 +44,8 @@ from torch_geometric.data import HeteroData
 from anchorrec_pyg.config import EvalConfig, TrainConfig, first_difference, resolved_identity
 from anchorrec_pyg.errors import AnchorRecError, CheckpointError, ConfigError
 from anchorrec_pyg.io import remove_file
-from anchorrec_pyg.models.base import RecModel, row_sparse_gradients
+from anchorrec_pyg.models.base import RecModel, row_gradient_buffers, row_sparse_gradients
+from anchorrec_pyg.nn.feature_grad import GradBuffer
 from anchorrec_pyg.schema import USER_ITEM
 from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.checkpoint import (
@@ -194,6 +195,10 @@ class Trainer:
         # every process's loss divides its L2 term by its share of B (see train.distributed)
         self.loss_batch_size = train.batch_size // dist.world
         self.sparse_tables = self.model.node_tables() if train.sparse_updates else {}
+        # sampled mode, dense updates: the node tables' gradients (the subgraph's rows) are
+        # written into kept buffers, not into a fresh table of zeros per step (same values)
+        self.row_buffers = [(table, GradBuffer()) for table in self.model.node_tables().values()
+                            if train.mode == 'sampled' and not train.sparse_updates]
         if self.sparse_tables and dist.active and self.device.type == 'cuda':
             raise ConfigError(sparse_nccl_refusal(dist.world))
         self.step: torch.nn.Module = LossStep(self.model)
@@ -326,7 +331,8 @@ class Trainer:
             users, pos = users.to(self.device), pos.to(self.device)
             neg = None if neg is None else neg.to(self.device)
             self.optimizer.zero_grad()
-            with row_sparse_gradients(self.sparse_tables.values()):
+            with row_sparse_gradients(self.sparse_tables.values()), \
+                    row_gradient_buffers(self.row_buffers):
                 total, terms = self.step(graph, users, pos, neg, self.loss_batch_size)
             if not bool(torch.isfinite(total)):
                 value = float(total.detach())
