@@ -116,6 +116,9 @@ class SampledBatches:
         self.rescale = RescaledWeights(self.view, () if knn_fanout == -1 else list(views or {}))
         knn = ('-1 (every incoming kNN edge)' if knn_fanout == -1 else
                f'{knn_fanout} (incoming kNN edges per item and level, weights x k_i/s_i)')
+        if knn_fanout != -1 and any(v.hops > 1 for v in (views or {}).values()):
+            knn += (' [more than one kNN step: each item draws once, so the views keep a '
+                    'self-loop bias, docs/scale.md]')
         head = f'sampled subgraphs, fan-out {list(fanout)}, kNN fan-out {knn}'
         if pyg_sampling_available():
             from torch_geometric.sampler import NeighborSampler
