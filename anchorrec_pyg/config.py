@@ -183,13 +183,14 @@ class TrainConfig:
             :attr:`fanout` is (the log says so).
         sparse_updates: Row-sparse updates of the model's node tables (ID tables, trainable
             feature copies): their gradient holds the subgraph's rows only and
-            ``torch.optim.SparseAdam`` updates those rows, Adam the other parameters
-            (:mod:`anchorrec_pyg.train.optim`). This is *lazy* Adam: the moments of rows not in
-            a step's subgraph are not decayed at that step. Needs ``'sampled'`` (a full-graph
-            step touches every row). Off by default: on CPU, ``SparseAdam`` costs 20-35x
-            fused Adam per row it updates (docs/scale.md), so it pays off only when a batch's
-            subgraph holds a few percent of the tables' rows, which AnchorRec's subgraphs
-            (every item reached through the kNN graphs) do not below about 100x Baby.
+            :class:`~anchorrec_pyg.train.optim.RowAdam` updates those rows, Adam the other
+            parameters (:mod:`anchorrec_pyg.train.optim`). This is *lazy* Adam
+            (``torch.optim.SparseAdam``'s update): the moments of rows not in a step's subgraph
+            are not decayed at that step. Needs ``'sampled'`` (a full-graph step touches every
+            row). Off by default: on CPU, RowAdam costs about 4x fused Adam per row it updates
+            (docs/scale.md), so it pays off only when a batch's subgraph holds well under a
+            quarter of the tables' rows, which AnchorRec's subgraphs (most items reached
+            through the kNN graphs) do not at 1x-4x Baby.
         nproc: Data-parallel processes (``anchorrec-pyg train --nproc N``): each draws
             ``batch_size / nproc`` rows of every global batch of ``batch_size`` rows, so the
             learning rate is the one-process rate (no scaling rule: the global batch is

@@ -68,7 +68,7 @@ def test_two_processes_match_one_process(even_root, tmp_path):
 
 
 def test_two_processes_match_one_process_with_row_sparse_and_dense_updates(even_root, tmp_path):
-    """VBPR in sampled mode: its ID tables take SparseAdam's row-sparse updates (their sparse
+    """VBPR in sampled mode: its ID tables take RowAdam's row-sparse updates (their sparse
     gradients all-reduced outside DDP), its projection Adam's (through DDP). Its L2 term is
     switched off: MMRec's EmbLoss is a norm of the batch's whole matrix, not a sum over rows,
     so the processes' shares do not add up to it."""

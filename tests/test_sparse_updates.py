@@ -1,5 +1,5 @@
 """Row-sparse updates in sampled mode (train.sparse_updates): the node tables get sparse
-gradients holding the subgraph's rows, SparseAdam (lazy Adam) updates those rows and Adam the
+gradients holding the subgraph's rows, RowAdam (lazy Adam) updates those rows and Adam the
 other parameters; against dense gradients and dense Adam on the same subgraph."""
 import copy
 
@@ -17,7 +17,7 @@ from anchorrec_pyg.train.optim import RunOptimizer
 from anchorrec_pyg.train.sampler import TripletSampler
 
 CPU = torch.device('cpu')
-LR, EPS = 0.01, 1e-8  # Adam's and SparseAdam's default eps
+LR, EPS = 0.01, 1e-8  # Adam's and RowAdam's default eps
 
 
 def _subgraphs(data, count):
@@ -95,7 +95,7 @@ def test_first_step_lazy_adam_equals_adam_on_the_rows_then_leaves_absent_rows(ti
         n_id = first[0][_node_type(name)].n_id
         inside = torch.zeros(param.size(0), dtype=torch.bool)
         inside[n_id] = True
-        # step 1 from the same gradient g: Adam moves by lr g / (|g| + eps), SparseAdam by
+        # step 1 from the same gradient g: Adam moves by lr g / (|g| + eps), RowAdam by
         # lr g / (|g| + eps / sqrt(1 - beta2)) (eps enters before its bias correction)
         g = after_dense[name].grad[inside]
         for moved_to, eps in ((after_dense[name], EPS), (param, EPS / 0.001**0.5)):
@@ -112,7 +112,7 @@ def test_first_step_lazy_adam_equals_adam_on_the_rows_then_leaves_absent_rows(ti
     assert moved > 0 and compared > 0
 
     # step 2, lazy: a row of step 1's subgraph that step 2's does not hold stays where it is
-    # under SparseAdam, while Adam's decayed first moment still moves it
+    # under RowAdam, while Adam's decayed first moment still moves it
     user_rows = sparse.user_embedding.weight.detach().clone()
     dense_rows = dense.user_embedding.weight.detach().clone()
     _step(dense, dense_opt, second, sparse=False)

@@ -210,8 +210,8 @@ def row_sparse_gradients(tables: Iterable[Tensor]) -> Iterator[None]:
     """Within the block, :func:`node_rows` gathers a subgraph's rows of ``tables`` with
     ``torch.nn.functional.embedding(n_id, table, sparse=True)``: the same values, and a backward
     pass that gives each table a sparse COO gradient holding only the subgraph's rows (what
-    ``torch.optim.SparseAdam`` updates) instead of a dense table of zeros around them. Whole
-    tables (no ``n_id``: the full graph) keep their dense gradient."""
+    the lazy row-sparse Adam of ``train.sparse_updates`` updates) instead of a dense table of
+    zeros around them. Whole tables (no ``n_id``: the full graph) keep their dense gradient."""
     token = _ROW_SPARSE.set(frozenset(id(t) for t in tables))
     try:
         yield

@@ -10,8 +10,9 @@ permutation of the training interactions and fresh negatives
 pass on the graph its batch source gives (``train.mode``: the full graph, or a sampled subgraph
 around the batch, :mod:`anchorrec_pyg.train.batches`), the model's loss (with the configured
 :math:`B`, SPEC §4) and one optimiser step (:mod:`anchorrec_pyg.train.optim`: PyTorch's fused
-Adam over every parameter, or, with ``train.sparse_updates`` in sampled mode, SparseAdam over the
-subgraph's rows of the node tables and Adam over the rest). Evaluation always runs the
+Adam over every parameter, or, with ``train.sparse_updates`` in sampled mode, lazy row-sparse
+Adam (:class:`~anchorrec_pyg.train.optim.RowAdam`) over the subgraph's rows of the node tables
+and Adam over the rest). Evaluation always runs the
 full-graph forward.
 
 The trainer is model-agnostic: it needs only the :class:`~anchorrec_pyg.models.base.RecModel`
@@ -211,7 +212,7 @@ class Trainer:
         self.optimizer = RunOptimizer(self.model, train.lr, train.lr_decay,
                                       train.lr_decay_every, self.device, self.sparse_tables)
         if self.sparse_tables:
-            logger.info('%soptimizer: SparseAdam (lazy Adam) over the subgraph rows of %s, '
+            logger.info('%soptimizer: RowAdam (lazy Adam) over the subgraph rows of %s, '
                         'Adam over the other parameters', self.log_prefix,
                         ', '.join(self.sparse_tables))
 
