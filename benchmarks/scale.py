@@ -30,7 +30,9 @@ configuration of every job (e.g. ``model.n_layers=2``). ``--nproc 1,2`` times ev
 with one process and with two data-parallel processes (torchrun, gloo over loopback; each
 process trains its half of the global batch ``B``, as ``anchorrec-pyg train --nproc 2``): the row
 of several processes gives the slowest process's seconds per batch and its peaks, so its epoch
-estimate is the epoch's time with one core per process.
+estimate is the epoch's time with one core per process. ``--profile`` writes each job's
+``torch.profiler`` table (operators by self CPU time, with their input shapes) beside
+scale.json, to see what a step's time is made of (the timing includes the profiler's overhead).
 
 **Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
 once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
@@ -136,16 +138,29 @@ def worker(spec: dict) -> dict:
     count = min(spec['warmup'] + spec['batches'], batches_per_epoch)
     mark = {}
 
+    profiler = torch.profiler.profile(record_shapes=True) if spec['profile'] else None
+
     def first_timed():
         mark['setup_hwm_kb'] = _status_kb('VmHWM')
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # resets VmHWM to the current resident set
         mark['rss_kb'] = _status_kb('VmRSS')
+        if profiler is not None:
+            profiler.start()
 
     timed = TimedBatches(trainer.batches, count, first_timed, spec['warmup'])
     trainer.batches = timed
     trainer._train_epoch(1)
     end, end_cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.stop()
+        if dist.is_main:
+            table = profiler.key_averages(group_by_input_shape=True).table(
+                sort_by='self_cpu_time_total', row_limit=40)
+            Path(spec['profile']).write_text(
+                f"{spec['name']} {spec['mode']} x{spec['nproc']}, process 0: the operators of "
+                f"the {len(timed.stamps) - spec['warmup']} timed batches by self CPU time\n"
+                f'{table}\n')
     steps = np.diff(np.asarray(timed.stamps[spec['warmup']:] + [end]))
     cpu = np.diff(np.asarray(timed.cpu[spec['warmup']:] + [end_cpu]))
     sizes = np.asarray(timed.sizes[spec['warmup']:], float).mean(axis=0)
@@ -177,7 +192,9 @@ def time_one(args, root: Path, name: str, mode: str, nproc: int) -> dict:
     are the maxima over the processes (each process's subgraph is its share of the batch)."""
     spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
             'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
-            'batch_size': args.batch_size, 'sets': args.set, 'nproc': nproc}
+            'batch_size': args.batch_size, 'sets': args.set, 'nproc': nproc,
+            'profile': (str(Path(args.out).resolve() / f'profile-{name}-{mode}-x{nproc}.txt')
+                        if args.profile else None)}
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     command = [sys.executable, __file__, '--worker', json.dumps(spec)]
     if nproc > 1:
@@ -266,6 +283,9 @@ def main() -> None:
                         help='the sizes of one mode only (e.g. full=1,2,4); default --sizes')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='a config override for every job (e.g. model.n_layers=2)')
+    parser.add_argument('--profile', action='store_true',
+                        help='also write each timing job\'s torch.profiler table (operators '
+                             'by self CPU time, with input shapes) to --out')
     parser.add_argument('--no-timing', action='store_true', help='the accuracy runs only')
     parser.add_argument('--no-accuracy', action='store_true', help='the timing only')
     parser.add_argument('--acc-epochs', type=int,
