@@ -64,13 +64,17 @@ class GradBuffer:
         #: The autograd graph task of the last row write (one write per backward pass).
         self.task = -1
 
+    def _fits(self, x: Tensor) -> bool:
+        """Whether the buffer exists with ``x``'s shape, dtype and device."""
+        t = self.tensor
+        return t is not None and t.shape == x.shape and t.dtype == x.dtype and t.device == x.device
+
     def like(self, x: Tensor) -> Tensor:
         """A tensor with ``x``'s shape, dtype and device (its contents are overwritten)."""
-        t = self.tensor
-        if t is None or t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-            self.tensor = t = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if not self._fits(x):
+            self.tensor = torch.empty_like(x, memory_format=torch.contiguous_format)
             self.rows = None
-        return t
+        return self.tensor
 
     def held_by(self, x: Tensor) -> bool:
         """Whether ``x.grad`` is the buffer (gradients accumulated over backward passes)."""
@@ -81,13 +85,13 @@ class GradBuffer:
         """``zeros_like(x).index_add_(0, index, grad)``, computed in the buffer: the rows of the
         previous row write are zeroed (the whole buffer if it was written otherwise since),
         then ``grad`` is added at ``index``; returns a view of the buffer."""
-        t = self.tensor
-        if t is None or t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-            self.tensor = t = torch.zeros_like(x, memory_format=torch.contiguous_format)
-        elif self.rows is None or t._version != self.version:
-            t.zero_()
+        if not self._fits(x):
+            self.tensor = torch.zeros_like(x, memory_format=torch.contiguous_format)
+        elif self.rows is None or self.tensor._version != self.version:
+            self.tensor.zero_()
         else:
-            t.index_fill_(0, self.rows, 0)
+            self.tensor.index_fill_(0, self.rows, 0)
+        t = self.tensor
         t.index_add_(0, index, grad)
         self.rows, self.version = index.clone(), t._version
         return t.view_as(t)
