@@ -33,6 +33,9 @@ of several processes gives the slowest process's seconds per batch and its peaks
 estimate is the epoch's time with one core per process. ``--profile`` writes each job's
 ``torch.profiler`` table (operators by self CPU time, with their input shapes) beside
 scale.json, to see what a step's time is made of (the timing includes the profiler's overhead).
+``--repeat N`` times every job N times in rounds (each round every size and mode once, so that
+a busy spell of the machine falls on all sizes, not on one) and reports the median round with
+the range, which is what a growth ratio on a shared machine should be read from.
 
 **Accuracy**: ``anchorrec-pyg train`` for ``--acc-epochs`` epochs at the first size, evaluated
 once at the end, full and sampled for every seed, ``--parallel`` jobs at a time.
@@ -253,6 +256,22 @@ def per_doubling(sizes: list, values: list) -> list:
             for s1, s2, v1, v2 in zip(sizes, sizes[1:], values, values[1:])]
 
 
+def median_run(runs: list) -> dict:
+    """One row from the rounds of a timing job: the round of median CPU seconds per batch
+    (the lower middle one for an even count), with every round's CPU seconds per batch in
+    ``rounds_cpu_s_per_batch``."""
+    ordered = sorted(runs, key=lambda r: r['cpu_s_per_batch'])
+    return dict(ordered[(len(ordered) - 1) // 2],
+                rounds_cpu_s_per_batch=[r['cpu_s_per_batch'] for r in runs])
+
+
+def cpu_cell(run: dict) -> str:
+    """CPU seconds per batch, with the range over the rounds when there were several."""
+    spread = run['rounds_cpu_s_per_batch']
+    return (f"{run['cpu_s_per_batch']:.3f}" if len(spread) == 1 else
+            f"{run['cpu_s_per_batch']:.3f} ({min(spread):.3f}-{max(spread):.3f})")
+
+
 def label(run: dict) -> str:
     """A timing row's mode, with its process count when several."""
     return run['mode'] if run['nproc'] == 1 else f"{run['mode']} x{run['nproc']}"
@@ -271,6 +290,9 @@ def main() -> None:
     parser.add_argument('--sizes', default='1,2,4', help='multiples of the base (default 1,2,4)')
     parser.add_argument('--batches', type=int, help='timed batches per job (default 30)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed batches first')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='rounds of every timing job (each round times every size and '
+                             'mode once, sizes interleaved); a row is the median round')
     parser.add_argument('--batch-size', type=int, default=2048, help='train.batch_size (B)')
     parser.add_argument('--fanout', default='[5,2]', help='train.fanout of sampled mode')
     parser.add_argument('--modes', default='full,sampled,sampled-sparse',
@@ -301,6 +323,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    if args.repeat < 1:
+        parser.error(f'--repeat {args.repeat}: expected at least 1')
     base = args.base if args.base is not None else (0.0625 if args.quick else 1.0)
     sizes = [float(s) for s in args.sizes.split(',')]
     args.batches = args.batches or (10 if args.quick else 30)
@@ -324,21 +348,29 @@ def main() -> None:
               'batch_size': args.batch_size, 'cpus': os.cpu_count()}
 
     if not args.no_timing:
-        timing = []
-        for size in sorted({s for listed in mode_sizes.values() for s in listed}):
-            name = dataset(data_root, base * size)
-            for mode, nproc in ((m, n) for m in modes if size in mode_sizes[m]
-                                for n in nprocs):
-                run = time_one(args, data_root, name, mode, nproc)
-                run.update(size=size, data=name, mode=mode, nproc=nproc, load=load_average())
-                timing.append(run)
-                print(f"  {name} {label(run):14s}: CPU {run['cpu_s_per_batch']:.3f} s/batch x "
-                      f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} s/epoch "
-                      f"(wall {run['s_per_batch']:.3f} s/batch; load {run['load']}); subgraph "
-                      f"{run['sub_users']:,.0f} users, {run['sub_items']:,.0f} items, "
-                      f"{run['sub_edges']:,.0f} edges; view inputs {run['view_inputs']}; step "
-                      f"peak {run['step_peak_mb']:.0f} MB", flush=True)
-        print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}")
+        names = {size: dataset(data_root, base * size)
+                 for size in sorted({s for listed in mode_sizes.values() for s in listed})}
+        rounds: dict = {}
+        for round_ in range(1, args.repeat + 1):
+            for size, name in names.items():
+                for mode, nproc in ((m, n) for m in modes if size in mode_sizes[m]
+                                    for n in nprocs):
+                    run = time_one(args, data_root, name, mode, nproc)
+                    run.update(size=size, data=name, mode=mode, nproc=nproc, round=round_,
+                               load=load_average())
+                    rounds.setdefault((size, mode, nproc), []).append(run)
+                    print(f"  round {round_}: {name} {label(run):14s}: CPU "
+                          f"{run['cpu_s_per_batch']:.3f} s/batch x "
+                          f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} "
+                          f"s/epoch (wall {run['s_per_batch']:.3f} s/batch; load "
+                          f"{run['load']}); subgraph {run['sub_users']:,.0f} users, "
+                          f"{run['sub_items']:,.0f} items, {run['sub_edges']:,.0f} edges; "
+                          f"view inputs {run['view_inputs']}; step peak "
+                          f"{run['step_peak_mb']:.0f} MB", flush=True)
+        timing = [median_run(runs) for runs in rounds.values()]
+        print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}"
+              + (f'; CPU s/batch: the median of {args.repeat} rounds (min-max)'
+                 if args.repeat > 1 else ''))
         print('\n| x Baby | users / items / interactions | mode (x processes) | CPU s/batch '
               '| CPU s/epoch (est.) | wall s/batch | subgraph users | subgraph items '
               '| subgraph edges | view inputs mm / text / image | step peak MB | peak RSS MB '
@@ -348,7 +380,7 @@ def main() -> None:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
             full_edges = r['graph_edges']
             print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
-                  f"{r['interactions']:,} | {label(r)} | {r['cpu_s_per_batch']:.3f} | "
+                  f"{r['interactions']:,} | {label(r)} | {cpu_cell(r)} | "
                   f"{r['cpu_s_per_epoch']:.1f} | {r['s_per_batch']:.3f} | "
                   f"{share(r['sub_users'], r['users'])} | "
                   f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
