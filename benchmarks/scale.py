@@ -20,11 +20,12 @@ time and the process's CPU time are recorded: with one thread on a machine share
 jobs, the CPU time is the step's work and the wall time that plus the waiting, so the growth
 exponent (least-squares slope of log(seconds per epoch) on log(size)) is fitted to the CPU
 time, and the growth per doubling is given size to size as well (where a step saturates, one
-fit over every size hides it). Per step: the peak resident memory above the resident memory
-before the timed batches (``VmHWM`` reset through ``/proc/self/clear_refs``) and the process's
-peak; the mean subgraph of a batch (users, items, message-passing edges) against the whole
-graph, and the items whose view input (the projection of their feature row) each modality
-computes (the sources of the subgraph's kNN edges of that modality). ``--sizes-for
+fit over every size hides it). Per step: the minor page faults (memory the allocator took fresh
+from the kernel; in ``scale.json`` and the progress lines), the peak resident memory above the
+resident memory before the timed batches (``VmHWM`` reset through ``/proc/self/clear_refs``) and
+the process's peak; the mean subgraph of a batch (users, items, message-passing edges) against
+the whole graph, and the items whose view input (the projection of their feature row) each
+modality computes (the sources of the subgraph's kNN edges of that modality). ``--sizes-for
 full=1,2,4`` limits one mode to some of the sizes; ``--set KEY=VALUE`` overrides the
 configuration of every job (e.g. ``model.n_layers=2``). ``--nproc 1,2`` times every size and mode
 with one process and with two data-parallel processes (torchrun, gloo over loopback; each
@@ -51,6 +52,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,7 @@ def worker(spec: dict) -> dict:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # resets VmHWM to the current resident set
         mark['rss_kb'] = _status_kb('VmRSS')
+        mark['faults'] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if profiler is not None:
             profiler.start()
 
@@ -155,6 +158,7 @@ def worker(spec: dict) -> dict:
     trainer.batches = timed
     trainer._train_epoch(1)
     end, end_cpu = time.perf_counter(), time.process_time()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - mark['faults']
     if profiler is not None:
         profiler.stop()
         if dist.is_main:
@@ -177,6 +181,7 @@ def worker(spec: dict) -> dict:
         'batches_per_epoch': batches_per_epoch, 'timed_batches': len(steps),
         's_per_batch': float(steps.mean()), 's_per_epoch': float(steps.mean()) * batches_per_epoch,
         'cpu_s_per_batch': float(cpu.mean()),
+        'minor_faults_per_batch': faults / len(steps),
         'cpu_s_per_epoch': float(cpu.mean()) * batches_per_epoch,
         'sub_users': float(sizes[0]), 'sub_items': float(sizes[1]), 'sub_edges': float(sizes[2]),
         'view_inputs': {m: float(v) for m, v in zip(MODALITIES, sizes[3:])},
@@ -212,7 +217,8 @@ def time_one(args, root: Path, name: str, mode: str, nproc: int) -> dict:
         raise SystemExit(f'{name} {mode} x{nproc}: {len(runs)} of {nproc} processes reported')
     run = min(runs, key=lambda r: r['rank'])
     for key in ('s_per_batch', 's_per_epoch', 'cpu_s_per_batch', 'cpu_s_per_epoch',
-                'sub_users', 'sub_items', 'sub_edges', 'step_peak_mb', 'peak_rss_mb'):
+                'sub_users', 'sub_items', 'sub_edges', 'step_peak_mb', 'peak_rss_mb',
+                'minor_faults_per_batch'):
         run[key] = max(r[key] for r in runs)
     run['view_inputs'] = {m: max(r['view_inputs'][m] for r in runs) for m in MODALITIES}
     return run
@@ -366,7 +372,8 @@ def main() -> None:
                           f"{run['load']}); subgraph {run['sub_users']:,.0f} users, "
                           f"{run['sub_items']:,.0f} items, {run['sub_edges']:,.0f} edges; "
                           f"view inputs {run['view_inputs']}; step peak "
-                          f"{run['step_peak_mb']:.0f} MB", flush=True)
+                          f"{run['step_peak_mb']:.0f} MB; "
+                          f"{run['minor_faults_per_batch']:,.0f} page faults/batch", flush=True)
         timing = [median_run(runs) for runs in rounds.values()]
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}"
               + (f'; CPU s/batch: the median of {args.repeat} rounds (min-max)'
