@@ -48,6 +48,7 @@ from anchorrec_pyg.io import remove_file
 from anchorrec_pyg.models.base import RecModel, row_gradient_buffers, row_sparse_gradients
 from anchorrec_pyg.nn.feature_grad import GradBuffer
 from anchorrec_pyg.schema import USER_ITEM
+from anchorrec_pyg.train.allocator import keep_freed_memory
 from anchorrec_pyg.train.batches import FullBatches, SampledBatches, Shard
 from anchorrec_pyg.train.checkpoint import (
     best_weights_path,
@@ -163,6 +164,9 @@ class Trainer:
 
         if train.num_threads is not None:
             torch.set_num_threads(train.num_threads)
+        if train.keep_freed_memory and keep_freed_memory():
+            logger.info('%sallocator: freed memory is kept for reuse (train.keep_freed_memory)',
+                        self.log_prefix)
         self.device = resolve_device(train.device)
         if self.device.type == 'cuda' and dist.active:
             self.device = torch.device('cuda', dist.local_rank)
