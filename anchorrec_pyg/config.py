@@ -201,7 +201,7 @@ class TrainConfig:
             (glibc ``malloc``'s mmap and trim thresholds raised,
             :func:`~anchorrec_pyg.train.allocator.keep_freed_memory`; Linux with glibc,
             elsewhere nothing) instead of returning it to the kernel and page-faulting it back
-            in: the same values, fewer page faults (sampled mode at 16x Baby: 1.616-1.865
+            in: the same values, fewer page faults (sampled mode at 16x Baby: 1.509-1.795
             instead of 1.975-2.229 CPU s per step, docs/scale.md). The process's resident
             memory then stays at its peak.
     """
