@@ -201,9 +201,10 @@ class TrainConfig:
             (glibc ``malloc``'s mmap and trim thresholds raised,
             :func:`~anchorrec_pyg.train.allocator.keep_freed_memory`; Linux with glibc,
             elsewhere nothing) instead of returning it to the kernel and page-faulting it back
-            in: the same values, fewer page faults (sampled mode at 16x Baby: 1.509-1.795
-            instead of 1.975-2.229 CPU s per step, docs/scale.md). The process's resident
-            memory then stays at its peak.
+            in: the same values, 15x fewer page faults per step (sampled mode, 16x Baby). Off
+            by default: side by side on this machine the step time did not change
+            consistently (docs/scale.md), and the process's resident memory then stays at
+            its peak.
     """
     epochs: int = 40
     batch_size: int = 2048
@@ -221,7 +222,7 @@ class TrainConfig:
     sparse_updates: bool = False
     nproc: int = 1
     dist_timeout_s: float = 1800.0
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool = False
 
     @property
     def data_parallel(self) -> Optional[str]:

@@ -1,5 +1,5 @@
 """train.keep_freed_memory: glibc's malloc keeps freed blocks for the next step's allocations
-(no fresh page faults), the trainer sets it unless told not to, and elsewhere nothing."""
+(no fresh page faults), the trainer sets it when told to, and elsewhere nothing."""
 import platform
 import subprocess
 import sys
@@ -49,7 +49,7 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
 
 
 @pytest.mark.parametrize('keep', [True, False])
-def test_trainer_sets_it_unless_told_not_to(tiny_data, monkeypatch, keep):
+def test_trainer_sets_it_when_told_to(tiny_data, monkeypatch, keep):
     calls = []
     monkeypatch.setattr(trainer_module, 'keep_freed_memory', lambda: calls.append(1) or True)
     Trainer(LightGCN(tiny_data, LightGCN.Config()), tiny_data,
@@ -57,8 +57,8 @@ def test_trainer_sets_it_unless_told_not_to(tiny_data, monkeypatch, keep):
     assert calls == ([1] if keep else [])
 
 
-def test_default_on_and_free_on_resume():
+def test_default_off_and_free_on_resume():
     from anchorrec_pyg.config import RESUME_FREE_KEYS
-    assert TrainConfig().keep_freed_memory is True
-    assert load_config(None, ['train.keep_freed_memory=false']).train.keep_freed_memory is False
+    assert TrainConfig().keep_freed_memory is False
+    assert load_config(None, ['train.keep_freed_memory=true']).train.keep_freed_memory is True
     assert ('train', 'keep_freed_memory') in RESUME_FREE_KEYS

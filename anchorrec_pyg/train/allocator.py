@@ -12,8 +12,9 @@ bytes live); the process's resident memory no longer shrinks after a step's peak
 
 Measured with ``benchmarks/scale.py`` (docs/scale.md, "1x-16x Baby, and what page faults
 cost"): AnchorRec, sampled mode, row-sparse updates, B = 2048, one CPU thread, 16x Baby:
-173-207k minor page faults and 1.975-2.229 CPU s per step without, 11-19k and 1.509-1.795 s
-with; 12-25% off the step at 1x-16x.
+173-207k minor page faults per step without, 11-19k with. The step time, side by side, did not
+change consistently on that machine (1.954 vs 1.960 s, 2.783 vs 2.046 s), so the switch
+(``train.keep_freed_memory``) is off by default.
 """
 from __future__ import annotations
 
