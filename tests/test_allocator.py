@@ -1,6 +1,5 @@
 """train.keep_freed_memory: glibc's malloc keeps freed blocks for the next step's allocations
 (no fresh page faults), the trainer sets it when told to, and elsewhere nothing."""
-import platform
 import subprocess
 import sys
 
@@ -10,8 +9,6 @@ from anchorrec_pyg.config import TrainConfig, load_config
 from anchorrec_pyg.models import LightGCN
 from anchorrec_pyg.train import allocator, trainer as trainer_module
 from anchorrec_pyg.train.trainer import Trainer
-
-GLIBC = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
 
 # Minor page faults of allocating and filling 64 MiB, after the same block was freed:
 # before the switch, after it (the first allocation after it may still come fresh).
@@ -32,7 +29,7 @@ print(default, kept, refill_faults())
 """
 
 
-@pytest.mark.skipif(not GLIBC, reason='glibc malloc only')
+@pytest.mark.skipif(not allocator.is_glibc(), reason='glibc malloc only')
 def test_freed_blocks_are_reused_without_page_faults():
     out = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True,
                          check=True).stdout.split()
@@ -45,6 +42,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
     monkeypatch.setattr(allocator.platform, 'libc_ver', lambda: ('', ''))
+    assert not allocator.is_glibc()
     assert allocator.keep_freed_memory() is False
 
 

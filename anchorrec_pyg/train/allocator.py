@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import platform
 
-__all__ = ['keep_freed_memory']
+__all__ = ['is_glibc', 'keep_freed_memory']
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
 M_TRIM_THRESHOLD = -1
@@ -31,6 +31,12 @@ M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 2**31 - 1
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, whose ``malloc`` :func:`keep_freed_memory`
+    sets."""
+    return platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
+
+
 def keep_freed_memory() -> bool:
     r"""Sets glibc's ``malloc`` to keep freed memory in the process for reuse: its mmap and
     trim thresholds to :data:`KEEP_BYTES` (``mallopt``). Process-wide, from now on.
@@ -38,7 +44,7 @@ def keep_freed_memory() -> bool:
     Returns ``True`` when both settings took, ``False`` where the C library is not glibc
     (macOS, Windows, musl), which is then left as it is.
     """
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+    if not is_glibc():
         return False
     mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
     if mallopt is None:
