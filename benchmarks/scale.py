@@ -34,6 +34,10 @@ of several processes gives the slowest process's seconds per batch and its peaks
 estimate is the epoch's time with one core per process. ``--profile`` writes each job's
 ``torch.profiler`` table (operators by self CPU time, with their input shapes) beside
 scale.json, to see what a step's time is made of (the timing includes the profiler's overhead).
+``--batch-size 128,512,2048`` times every B in the same rounds: a sampled step's subgraph fills
+up towards its bound (about ``B`` times the fan-outs' product) as the catalogue grows, sooner
+the smaller ``B``, so the growth per doubling read side by side over several ``B`` separates
+that filling from what grows with the catalogue itself.
 ``--repeat N`` times every job N times in rounds (each round every size and mode once, so that
 a busy spell of the machine falls on all sizes, not on one) and reports the median round with
 the range, which is what a growth ratio on a shared machine should be read from.
@@ -193,14 +197,14 @@ def worker(spec: dict) -> dict:
     }
 
 
-def time_one(args, root: Path, name: str, mode: str, nproc: int) -> dict:
+def time_one(args, root: Path, name: str, mode: str, nproc: int, batch_size: int) -> dict:
     """One timing job: a fresh process, or ``nproc`` data-parallel processes started by
     torchrun (gloo over loopback, each with ``--threads`` threads). For several processes the
     step is the slowest process's: CPU and wall seconds per batch, the peaks and the subgraph
     are the maxima over the processes (each process's subgraph is its share of the batch)."""
     spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
             'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
-            'batch_size': args.batch_size, 'sets': args.set, 'nproc': nproc,
+            'batch_size': batch_size, 'sets': args.set, 'nproc': nproc,
             'profile': (str(Path(args.out).resolve() / f'profile-{name}-{mode}-x{nproc}.txt')
                         if args.profile else None)}
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
@@ -232,7 +236,7 @@ def accuracy_one(args, root: Path, name: str, mode: str, seed: int, scratch: Pat
             'train.patience=null', f'train.eval_every={args.acc_epochs}',
             f'train.checkpoint_every={args.acc_epochs}', f'seeds=[{seed}]', 'train.device=cpu',
             'eval.ks=[20]', f'train.num_threads={args.threads}',
-            f'train.batch_size={args.batch_size}'] + args.set
+            f'train.batch_size={args.batch_sizes[0]}'] + args.set
     if mode == 'sampled' and args.acc_sparse:
         sets.append('train.sparse_updates=true')
     command = [sys.executable, '-m', 'anchorrec_pyg.cli', 'train', '--quiet', '--out', str(out)]
@@ -278,9 +282,11 @@ def cpu_cell(run: dict) -> str:
             f"{run['cpu_s_per_batch']:.3f} ({min(spread):.3f}-{max(spread):.3f})")
 
 
-def label(run: dict) -> str:
-    """A timing row's mode, with its process count when several."""
-    return run['mode'] if run['nproc'] == 1 else f"{run['mode']} x{run['nproc']}"
+def label(run: dict, with_batch: bool = False) -> str:
+    """A timing row's mode, with its process count when several and its batch size when
+    :obj:`with_batch` (several were timed)."""
+    text = run['mode'] if run['nproc'] == 1 else f"{run['mode']} x{run['nproc']}"
+    return f"{text} B={run['batch_size']}" if with_batch else text
 
 
 def load_average() -> str:
@@ -299,7 +305,10 @@ def main() -> None:
     parser.add_argument('--repeat', type=int, default=1,
                         help='rounds of every timing job (each round times every size and '
                              'mode once, sizes interleaved); a row is the median round')
-    parser.add_argument('--batch-size', type=int, default=2048, help='train.batch_size (B)')
+    parser.add_argument('--batch-size', default='2048',
+                        help='train.batch_size (B), one or several (e.g. 128,512,2048): every '
+                             'B is timed for every size and mode, in the same rounds; the '
+                             'accuracy runs use the first (default 2048)')
     parser.add_argument('--fanout', default='[5,2]', help='train.fanout of sampled mode')
     parser.add_argument('--modes', default='full,sampled,sampled-sparse',
                         help='full, sampled (dense Adam), sampled-sparse (train.sparse_updates)')
@@ -331,6 +340,13 @@ def main() -> None:
         return
     if args.repeat < 1:
         parser.error(f'--repeat {args.repeat}: expected at least 1')
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_size.split(',')]
+    except ValueError:
+        parser.error(f'--batch-size {args.batch_size}: expected integers separated by commas')
+    if min(args.batch_sizes) < 1:
+        parser.error(f'--batch-size {args.batch_size}: every B must be at least 1')
+    several = len(args.batch_sizes) > 1
     base = args.base if args.base is not None else (0.0625 if args.quick else 1.0)
     sizes = [float(s) for s in args.sizes.split(',')]
     args.batches = args.batches or (10 if args.quick else 30)
@@ -351,7 +367,7 @@ def main() -> None:
           f'{args.threads} thread(s) per process; {os.cpu_count()} CPUs; overrides '
           f'{args.set}; load average {load_average()}', flush=True)
     result = {'base': base, 'sizes': sizes, 'fanout': args.fanout, 'threads': args.threads,
-              'batch_size': args.batch_size, 'cpus': os.cpu_count()}
+              'batch_sizes': args.batch_sizes, 'cpus': os.cpu_count()}
 
     if not args.no_timing:
         names = {size: dataset(data_root, base * size)
@@ -359,13 +375,13 @@ def main() -> None:
         rounds: dict = {}
         for round_ in range(1, args.repeat + 1):
             for size, name in names.items():
-                for mode, nproc in ((m, n) for m in modes if size in mode_sizes[m]
-                                    for n in nprocs):
-                    run = time_one(args, data_root, name, mode, nproc)
-                    run.update(size=size, data=name, mode=mode, nproc=nproc, round=round_,
-                               load=load_average())
-                    rounds.setdefault((size, mode, nproc), []).append(run)
-                    print(f"  round {round_}: {name} {label(run):14s}: CPU "
+                for mode, nproc, batch in ((m, n, b) for m in modes if size in mode_sizes[m]
+                                           for n in nprocs for b in args.batch_sizes):
+                    run = time_one(args, data_root, name, mode, nproc, batch)
+                    run.update(size=size, data=name, mode=mode, nproc=nproc, batch_size=batch,
+                               round=round_, load=load_average())
+                    rounds.setdefault((size, mode, nproc, batch), []).append(run)
+                    print(f"  round {round_}: {name} {label(run, several):14s}: CPU "
                           f"{run['cpu_s_per_batch']:.3f} s/batch x "
                           f"{run['batches_per_epoch']} = {run['cpu_s_per_epoch']:.1f} "
                           f"s/epoch (wall {run['s_per_batch']:.3f} s/batch; load "
@@ -378,7 +394,7 @@ def main() -> None:
         print(f"\n{timing[-1]['sampler']}; {args.batches} timed batches after {args.warmup}"
               + (f'; CPU s/batch: the median of {args.repeat} rounds (min-max)'
                  if args.repeat > 1 else ''))
-        print('\n| x Baby | users / items / interactions | mode (x processes) | CPU s/batch '
+        print('\n| x Baby | users / items / interactions | mode (x processes, B) | CPU s/batch '
               '| CPU s/epoch (est.) | wall s/batch | subgraph users | subgraph items '
               '| subgraph edges | view inputs mm / text / image | step peak MB | peak RSS MB '
               '| load |')
@@ -387,7 +403,7 @@ def main() -> None:
             share = (lambda v, n: f'{v:,.0f} ({100 * v / n:.0f}%)')
             full_edges = r['graph_edges']
             print(f"| {base * r['size']:g} | {r['users']:,} / {r['items']:,} / "
-                  f"{r['interactions']:,} | {label(r)} | {cpu_cell(r)} | "
+                  f"{r['interactions']:,} | {label(r, several)} | {cpu_cell(r)} | "
                   f"{r['cpu_s_per_epoch']:.1f} | {r['s_per_batch']:.3f} | "
                   f"{share(r['sub_users'], r['users'])} | "
                   f"{share(r['sub_items'], r['items'])} | {share(r['sub_edges'], full_edges)} "
@@ -397,8 +413,8 @@ def main() -> None:
               '| per doubling, size to size |')
         print('|---|---|---|---|---|')
         exponents, doublings = {}, {}
-        for key in dict.fromkeys(label(r) for r in timing):
-            rows = [r for r in timing if label(r) == key]
+        for key in dict.fromkeys(label(r, several) for r in timing):
+            rows = [r for r in timing if label(r, several) == key]
             xs, ys = [r['size'] for r in rows], [r['cpu_s_per_epoch'] for r in rows]
             a = slope(xs, ys)
             exponents[key], doublings[key] = a, per_doubling(xs, ys)
@@ -417,7 +433,7 @@ def main() -> None:
                 lambda job: accuracy_one(args, data_root, name, job[0], job[1], Path(scratch)),
                 jobs))
         print(f'\nvalidation Recall@20 after {args.acc_epochs} epochs, {base * sizes[0]:g} x '
-              f'Baby, sampled: fan-out {args.fanout}, '
+              f'Baby, B = {args.batch_sizes[0]}, sampled: fan-out {args.fanout}, '
               f"{'row-sparse' if args.acc_sparse else 'dense'} updates; {args.parallel} job(s) "
               f'at a time (load average {load_average()}):')
         print('| mode | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | s/epoch |')
