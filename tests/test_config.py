@@ -206,3 +206,27 @@ def test_stored_identity_errors_name_the_file(tmp_path):
     path.write_text('model:\n  name: anchorrec\n  tau: -1\n')
     with pytest.raises(ConfigError, match=r'config\.yaml: model\.tau must be > 0'):
         stored_identity(path)
+
+
+def test_large_catalogue_config_is_sampled_small_batch_with_the_sqrt_scaled_lr():
+    """configs/large-catalogue.yaml (docs/scale.md, "Batch size and the subgraph's filling"):
+    only train: keys change; the learning rate is the default's times sqrt(B / default B)."""
+    config = load_config(CONFIGS / 'large-catalogue.yaml')
+    default = ExperimentConfig()
+    train = config.train
+    assert (train.mode, train.fanout, train.knn_fanout, train.sparse_updates) == (
+        'sampled', [5, 2], 3, True)
+    assert train.batch_size == 128
+    assert train.lr == pytest.approx(default.train.lr * (128 / default.train.batch_size) ** 0.5)
+    assert config_to_dict(config)['model'] == config_to_dict(default)['model']
+    assert config_to_dict(config)['data'] == config_to_dict(default)['data']
+
+
+def test_large_catalogue_config_trains_end_to_end(tmp_path):
+    from anchorrec_pyg.cli import main
+    out = tmp_path / 'run'
+    assert main(['train', '--config', str(CONFIGS / 'large-catalogue.yaml'), '--set',
+                 'data.name=tiny', '--set', 'train.epochs=1', '--set', 'eval.ks=[20]',
+                 '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
+    history = (out / 'history.csv').read_text().splitlines()
+    assert len(history) == 2 and 'valid_recall@20' in history[0]
