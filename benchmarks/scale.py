@@ -202,11 +202,11 @@ def time_one(args, root: Path, name: str, mode: str, nproc: int, batch_size: int
     torchrun (gloo over loopback, each with ``--threads`` threads). For several processes the
     step is the slowest process's: CPU and wall seconds per batch, the peaks and the subgraph
     are the maxima over the processes (each process's subgraph is its share of the batch)."""
+    profile = Path(args.out).resolve() / f'profile-{name}-{mode}-x{nproc}-B{batch_size}.txt'
     spec = {'root': str(root), 'name': name, 'mode': mode, 'fanout': args.fanout,
             'threads': args.threads, 'batches': args.batches, 'warmup': args.warmup,
             'batch_size': batch_size, 'sets': args.set, 'nproc': nproc,
-            'profile': (str(Path(args.out).resolve() / f'profile-{name}-{mode}-x{nproc}.txt')
-                        if args.profile else None)}
+            'profile': str(profile) if args.profile else None}
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     command = [sys.executable, __file__, '--worker', json.dumps(spec)]
     if nproc > 1:
